@@ -1,0 +1,115 @@
+"""The backbone protocol every unified multimodal model family implements (DESIGN.md).
+
+SeGroS touches a backbone at exactly five points, so a family is anything with these members:
+
+``embed_text(input_ids) -> z_text [B, L, D]``
+    The LLM's *input* embeddings (the embedding table, before any transformer layer), used for
+    grounding only (§3.2: "extracted by the tokenizer prior to processing by f_θ").
+``embed_image(pixels) -> VisualTokens(z_image [B, N, D], grid_hw)``
+    The native visual encoder's tokens projected into the LLM width, *before* the transformer,
+    after the encoder has added its positional information. They are the hint embeddings too.
+``t2i_loss(batch, supervision, hints) -> scalar``
+    The family's own reconstruction objective on the corrupted input described by
+    ``supervision`` (a :class:`segros.supervision.Supervision` on ``target_grid_hw``), conditioned
+    on the text and on ``hints`` ([B, H, D] visual-hint embeddings, or ``None``), evaluated only
+    where ``supervision.loss_weight > 0`` (Eq. 13; Eqs. 15–17 per family).
+``i2t_loss(batch) -> scalar``
+    The autoregressive captioning / instruction loss (Eq. 2).
+``generate(prompts, seed, **sampling) -> list[PIL.Image]``
+    Unchanged inference (SeGroS adds nothing at test time, Fig. 2 caption).
+
+plus ``target_grid_hw`` (the reconstruction grid) and ``hint_grid_hw`` (the grid of
+``embed_image``); when they differ the grounding map is resampled (:func:`segros.supervision.resample_map`).
+
+How the three real families map onto it
+---------------------------------------
+Show-o (showlab/Show-o, CLIP-ViT variant used by Reca)
+    Image targets are discrete MAGVIT-v2 codes (8192 codes, 16× down: 16×16 at 256 px, 32×32 at
+    512 px) offset into Phi-1.5's shared vocabulary. ``embed_image`` is ``mm_projector(CLIP
+    ViT-L/14-336 penultimate layer, CLS dropped)`` on a 24×24 grid, so ``hint_grid_hw=(24, 24)``
+    differs from ``target_grid_hw`` and the map is resampled onto the code grid. Masking ratio per
+    sample from the cosine schedule; loss = NLL over masked codes (Eq. 15). The hint tokens are
+    placed where Show-o's understanding path places CLIP tokens.
+Harmon (wusize/Harmon; Reca ``Harmon/``)
+    Targets are KL-16 VAE latents (32×32×16 at 512 px). ``embed_image`` is ``proj_in`` of the
+    MAR encoder run with nothing masked, buffer tokens dropped (32×32 grid = target grid). The MAR
+    encoder drops masked tokens, so a batch must share one visible count: γ is drawn *per batch*
+    from the truncated normal (min 0.7, mean 1.0, std 0.25). Loss = per-token diffusion MSE of
+    the MLP head on masked latents (Eqs. 16–17). Reca scales hint gradients by 0.1.
+OpenUni (wusize/OpenUni)
+    InternVL3 (frozen MLLM) + SANA. ``embed_image`` is InternVL's ``extract_feature`` (16×16 =
+    256 tokens at 448 px, LLM width). SANA is trained with rectified flow and *no* masking, so
+    the grounded corrupted input has no counterpart by default: SeGroS enters through the top-η
+    hints in the prompt only, and λ = 0 (Table 7). ``target_grid_hw`` is the hint grid.
+
+Batches
+-------
+A batch is a plain ``dict`` of tensors. T2I batches carry ``pixels`` [B, 3, H, W] in [0, 1],
+``input_ids`` [B, L] and ``attention_mask`` [B, L] (1 = real token), ``text_valid`` [B, L]
+(real *and* not special: the tokens grounding may use). I2T batches carry ``pixels``,
+``input_ids``, ``attention_mask`` and ``labels`` [B, L] (−100 where no loss, i.e. the question).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class VisualTokens:
+    """LLM-space visual tokens and the grid they lie on (raster order, row-major)."""
+
+    z_image: torch.Tensor  # [B, N, D]
+    grid_hw: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        h, w = self.grid_hw
+        if self.z_image.ndim != 3 or self.z_image.shape[1] != h * w:
+            raise ValueError(
+                f"z_image must be [B, N, D] with N = {h}*{w} = {h * w}, got {tuple(self.z_image.shape)}"
+            )
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Abstract base of every family (tiny and real). See the module docstring."""
+
+    #: name of the family, e.g. "tiny-harmon", "harmon-1.5b"
+    family: str = "abstract"
+    #: reconstruction grid (h, w) of the corrupted input
+    target_grid_hw: tuple[int, int]
+    #: grid (h, w) of ``embed_image``; the map is resampled when it differs from the target grid
+    hint_grid_hw: tuple[int, int]
+    #: "batch" when the family needs one visible count per batch (Harmon/MAR), else "sample"
+    gamma_per: str = "sample"
+    #: default masking schedule name (see :mod:`segros.supervision`)
+    mask_schedule: str = "uniform"
+
+    @property
+    def width(self) -> int:
+        """D, the LLM width that text and visual tokens share."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def embed_image(self, pixels: torch.Tensor) -> VisualTokens: ...
+
+    @abc.abstractmethod
+    def t2i_loss(self, batch: Mapping[str, torch.Tensor], supervision: Any,
+                 hints: torch.Tensor | None) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def generate(self, prompts: Sequence[str], seed: int = 0, **sampling: Any) -> list: ...
+
+    # optional: understanding as text (for the shapes-world QA view)
+    def answer(self, pixels: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 4) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement answer()")
