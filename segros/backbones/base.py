@@ -110,6 +110,27 @@ class Backbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def generate(self, prompts: Sequence[str], seed: int = 0, **sampling: Any) -> list: ...
 
-    # optional: understanding as text (for the shapes-world QA view)
-    def answer(self, pixels: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 4) -> list[str]:
+    # ---- data preparation: each family owns its tokenizer and image preprocessing ----------
+    @abc.abstractmethod
+    def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """PIL images or uint8 arrays [H, W, 3] -> ``pixels`` [B, 3, H, W] in [0, 1] at the family's size."""
+
+    @abc.abstractmethod
+    def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompts in the family's T2I format -> ``input_ids``, ``attention_mask``, ``text_valid``."""
+
+    @abc.abstractmethod
+    def i2t_batch(self, images: Sequence[Any], questions: Sequence[str],
+                  answers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """An understanding micro-batch: ``pixels``, ``input_ids``, ``attention_mask``, ``labels``."""
+
+    def t2i_batch(self, images: Sequence[Any], texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """A generation micro-batch: ``pixels`` plus the tokenized prompts."""
+        batch = dict(self.tokenize_prompts(texts))
+        batch["pixels"] = self.preprocess_images(images)
+        return batch
+
+    # ---- understanding as text (for the shapes-world question-answer view) -----------------
+    def answer(self, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 4) -> list[str]:
+        """Greedy answers to questions about images (used to score I2T, Table 2's question)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement answer()")
