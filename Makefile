@@ -1,0 +1,49 @@
+# segros — two commands matter: `make reproduce` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.segros-installed
+# where `make reproduce` trains: a fresh run store, so every number is recomputed
+RUNS   ?= out/runs
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: install test test-fast reproduce lab bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[notebooks,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (segros)"
+	touch $(STAMP)
+
+## unit, property and end-to-end tests, then the notebooks against their committed outputs
+test: install
+	$(BIN)/python -m pytest tests -q
+	@if [ -n "$(NOTEBOOKS)" ]; then \
+	  $(BIN)/python -m pytest -q --nbval --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly $(NOTEBOOKS); \
+	else echo "no notebooks yet"; fi
+
+test-fast: install
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+## run every notebook at its small defaults with papermill (fresh run store) and rebuild figures/
+reproduce: install
+	@mkdir -p out/notebooks
+	@for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  $(BIN)/python -m papermill --cwd notebooks -k python3 "$$nb" "out/$$nb" -p runs_dir "../$(RUNS)" || exit 1; \
+	done
+	@echo "figures written to figures/; executed notebooks in out/notebooks/"
+
+lab: install
+	$(BIN)/jupyter lab notebooks
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf out .pytest_cache
