@@ -1,0 +1,208 @@
+"""Loading official checkpoints into the real backbones, from a local path or a hub id.
+
+Nothing here renames keys: the modules of :mod:`segros.backbones.harmon` (and the other families)
+use the official parameter names, so an official state dict loads as it is. A mismatch raises
+:class:`CheckpointMismatch` (a ``ValueError``) listing every missing key, every unexpected key
+and every shape difference, so a wrong size ("0.5b" weights into a "1.5b" model) is obvious.
+
+Sources (``source`` argument):
+
+* a local file (``.pth``, ``.pt``, ``.ckpt``, ``.bin``: ``torch.load(weights_only=True)``;
+  ``.safetensors``: ``safetensors.torch.load_file``);
+* a local folder plus ``filename``;
+* ``"<owner>/<name>"`` (not an existing path) plus ``filename``: fetched with
+  ``huggingface_hub.hf_hub_download`` for users with access. Tests never do this.
+
+Wrapped dicts are unwrapped: ``{"model": sd}`` (kl16.ckpt), ``{"state_dict": sd}``, ``{"module": sd}``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint's keys do not match the model's; the message lists them."""
+
+    def __init__(self, what: str, missing: list[str], unexpected: list[str], shape: list[str]):
+        self.missing, self.unexpected, self.shape = missing, unexpected, shape
+
+        def block(title, keys):
+            if not keys:
+                return ""
+            shown = "\n  ".join(keys[:50]) + (f"\n  ... and {len(keys) - 50} more" if len(keys) > 50 else "")
+            return f"\n{title} ({len(keys)}):\n  {shown}"
+
+        super().__init__(f"checkpoint {what} does not match the model:"
+                         + block("missing keys", missing) + block("unexpected keys", unexpected)
+                         + block("shape mismatches", shape))
+
+
+def resolve(source: str, filename: str | None = None) -> str:
+    """A local path for ``source`` (file, folder + filename, or hub id + filename)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"source must be a path or a hub id, got {type(source).__name__}")
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        return source
+    if os.path.isdir(source):
+        if filename is None:
+            raise ValueError(f"source {source!r} is a folder; pass filename=")
+        path = os.path.join(source, filename)
+        if not os.path.isfile(path):
+            raise ValueError(f"source folder {source!r} has no file {filename!r}")
+        return path
+    if source.count("/") == 1 and not source.startswith((".", "/")) and filename is not None:
+        from huggingface_hub import hf_hub_download  # only for users with access; never in tests
+        return hf_hub_download(repo_id=source, filename=filename)
+    raise ValueError(f"source {source!r} is neither an existing file or folder nor '<owner>/<name>' with filename=")
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from a file and unwrap ``model`` / ``state_dict`` / ``module`` wrappers."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "module"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path!r} does not hold a state dict of tensors")
+    return dict(sd)
+
+
+def compare_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], prefix: str = "",
+                 ignore_missing: Iterable[str] = ()) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, shape mismatches) of ``sd`` loaded at ``prefix`` of ``model``.
+
+    ``ignore_missing``: key prefixes the checkpoint is allowed not to have (e.g. ``"vae."``).
+    """
+    own = {k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    ignore = tuple(ignore_missing)
+    missing = sorted(k for k in own if k not in sd and not (ignore and (prefix + k).startswith(ignore)))
+    unexpected = sorted(k for k in sd if k not in own)
+    shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape))
+    return missing, unexpected, shape
+
+
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], prefix: str = "",
+              ignore_missing: Iterable[str] = (), what: str = "") -> None:
+    """Copy ``sd`` into ``model`` at ``prefix``; raise :class:`CheckpointMismatch` on any mismatch."""
+    missing, unexpected, shape = compare_keys(model, sd, prefix, ignore_missing)
+    if missing or unexpected or shape:
+        raise CheckpointMismatch(what or "state dict", missing, unexpected, shape)
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[prefix + k].copy_(v.to(own[prefix + k].dtype))
+
+
+def load_harmon(model: nn.Module, checkpoint: str, vae_checkpoint: str | None = None,
+                checkpoint_file: str = "harmon_0.5b.pth", vae_file: str = "kl16.ckpt") -> nn.Module:
+    """Load ``harmon_<size>.pth`` (all keys but ``vae.*``) and ``kl16.ckpt`` (VAE) into a Harmon.
+
+    ``checkpoint`` / ``vae_checkpoint``: files, folders or a hub id (``wusize/harmon`` holds both).
+    Without ``vae_checkpoint`` the VAE keeps its current weights.
+    """
+    sd = read_state_dict(resolve(checkpoint, checkpoint_file))
+    load_into(model, sd, ignore_missing=("vae.",), what=str(checkpoint))
+    if vae_checkpoint is not None:
+        vae_sd = read_state_dict(resolve(vae_checkpoint, vae_file))
+        load_into(model, vae_sd, prefix="vae.", what=str(vae_checkpoint))
+    return model
+
+
+def save_harmon(model: nn.Module, path: str, vae_path: str | None = None) -> None:
+    """Write the official layout: ``path`` without ``vae.*``; ``vae_path`` as ``{"model": vae}``."""
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("vae.")}
+    torch.save(sd, path)
+    if vae_path is not None:
+        vae = {k[4:]: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith("vae.")}
+        torch.save({"model": vae}, vae_path)
+
+
+def load_full(model: nn.Module, source: str, filename: str | None = None) -> nn.Module:
+    """Load a complete state dict (every key of ``model``) from a file, folder or hub id."""
+    load_into(model, read_state_dict(resolve(source, filename)), what=str(source))
+    return model
+
+
+SHOWO_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
+               "diffusion_pytorch_model.bin")
+
+
+def _pick(source: str, filename: str | None, candidates: tuple[str, ...]) -> str:
+    """``resolve`` with a default file name: the first of ``candidates`` present in a local folder."""
+    if filename is None and os.path.isdir(source):
+        for name in candidates:
+            if os.path.isfile(os.path.join(source, name)):
+                return os.path.join(source, name)
+        raise ValueError(f"source folder {source!r} holds none of {list(candidates)}")
+    return resolve(source, filename or candidates[0])
+
+
+def load_showo(model: nn.Module, checkpoint: str | None = None, vq_checkpoint: str | None = None,
+               clip_path: str | None = None, checkpoint_file: str | None = None,
+               vq_file: str | None = None) -> nn.Module:
+    """Load a Show-o CLIP-ViT checkpoint (``showo.*``, ``mm_projector.*``), the MAGVIT-v2 tokenizer
+    (``encoder.*``, ``decoder.*``, ``quantize.*`` → ``vq_model.``) and CLIP (``from_pretrained``).
+
+    Each part is optional; ``quantize.*`` buffers may be absent (they are fixed bit tables).
+    """
+    if checkpoint is not None:
+        sd = read_state_dict(_pick(checkpoint, checkpoint_file, SHOWO_FILES))
+        load_into(model, sd, prefix="", ignore_missing=("vq_model.", "clip."), what=str(checkpoint))
+    if vq_checkpoint is not None:
+        sd = read_state_dict(_pick(vq_checkpoint, vq_file, SHOWO_FILES))
+        load_into(model, sd, prefix="vq_model.", ignore_missing=("vq_model.quantize.",), what=str(vq_checkpoint))
+    if clip_path is not None:
+        from transformers import CLIPVisionModel
+        clip = CLIPVisionModel.from_pretrained(clip_path)
+        load_into(model, clip.state_dict(), prefix="clip.", what=str(clip_path))
+    return model
+
+
+def save_showo(model: nn.Module, path: str, vq_path: str | None = None) -> None:
+    """Write the official layout: ``path`` with ``showo.*`` + ``mm_projector.*``; ``vq_path`` the tokenizer."""
+    sd = model.state_dict()
+    torch.save({k: v.detach().cpu().clone() for k, v in sd.items() if k.startswith(("showo.", "mm_projector."))}, path)
+    if vq_path is not None:
+        torch.save({k[len("vq_model."):]: v.detach().cpu().clone() for k, v in sd.items()
+                    if k.startswith("vq_model.")}, vq_path)
+
+
+OPENUNI_TRAINED = ("meta_queries", "connector.", "projector.", "transformer.")
+
+
+def load_openuni(model: nn.Module, checkpoint: str, checkpoint_file: str | None = None,
+                 sana_path: str | None = None, dcae_path: str | None = None) -> nn.Module:
+    """Load OpenUni's trained parts (``meta_queries``, ``connector.*``, ``projector.*``, and
+    ``transformer.*`` when the file has them) from an official ``.pth``; ``lmm.*`` / ``vae.*`` keys
+    in the file are skipped (the MLLM and DC-AE come from their own folders). ``sana_path`` /
+    ``dcae_path``: diffusers folders (or hub ids) for SANA (``subfolder="transformer"``) and DC-AE."""
+    sd = read_state_dict(_pick(checkpoint, checkpoint_file, SHOWO_FILES + ("model.pth",)))
+    sd = {k: v for k, v in sd.items() if not k.startswith(("lmm.", "vae."))}
+    has_transformer = any(k.startswith("transformer.") for k in sd)
+    ignore = ("lmm.", "vae.") + (() if has_transformer else ("transformer.",))
+    load_into(model, sd, ignore_missing=ignore, what=str(checkpoint))
+    if sana_path is not None:
+        from diffusers import SanaTransformer2DModel
+        t = SanaTransformer2DModel.from_pretrained(sana_path, subfolder="transformer")
+        load_into(model, t.state_dict(), prefix="transformer.", what=str(sana_path))
+    if dcae_path is not None:
+        from diffusers import AutoencoderDC
+        load_into(model, AutoencoderDC.from_pretrained(dcae_path).state_dict(), prefix="vae.", what=str(dcae_path))
+    return model
+
+
+def save_openuni(model: nn.Module, path: str, with_transformer: bool = False) -> None:
+    """Write the trained parts in the official key layout."""
+    keep = OPENUNI_TRAINED if with_transformer else OPENUNI_TRAINED[:3]
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(keep)}, path)

@@ -1,0 +1,513 @@
+"""Harmon (wusize/Harmon, ICCV 2025) behind the SeGroS :class:`Backbone` protocol.
+
+Architecture (read from ``src/models/harmon.py``; REFERENCES.md): a frozen KL-16 VAE
+(``vae``, 512 px → 32×32×16 latents, scale 0.2325), a MAR encoder/decoder with 64 buffer tokens
+(``mar``), ``proj_in`` (MAR width → LLM → LLM, SiLU), a Qwen2.5 LLM (``llm``, a transformers
+``Qwen2ForCausalLM``) and ``proj_out`` (LLM → LLM → MAR width, SiLU). The per-token diffusion head
+lives in ``mar.diffloss.net``. Sizes: ``0.5b`` = MAR-B (768, 12+12 layers, head 6×1024) into
+Qwen2.5-0.5B (896); ``1.5b`` = MAR-H (1280, 20+20 layers, head 12×1536) into Qwen2.5-1.5B (1536).
+
+The SeGroS hooks (§3, §11.0.2, Eqs. 16–17):
+
+* ``embed_text`` = Qwen's input embedding table (frozen for grounding).
+* ``embed_image`` = ``proj_in`` of the MAR encoder run on the VAE latents with nothing masked,
+  buffer tokens dropped: [B, 1024, D] on a 32×32 grid at 512 px (``hint_grid_hw`` =
+  ``target_grid_hw``).
+* ``t2i_loss``: sequence ``[hints][chat prompt][proj_in(MAR encoder on the visible latents) +
+  64 buffer tokens]``, the LLM's image outputs go through ``proj_out`` and are *added* to the
+  encoder output (Harmon's residual), then the MAR decoder and the diffusion head's eps-MSE on
+  the masked latents (:func:`segros.objectives.diffusion_mse`, 4 samples per token, cosine
+  schedule of 1000 steps). The MAR encoder drops masked tokens, so every sample of a batch must
+  have the same number of masked tokens (``gamma_per = "batch"``, truncated-normal γ).
+* ``i2t_loss``: ``<|im_start|>user\\n`` + the 1088 image tokens (buffer moved to the end) +
+  ``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>``; shifted NLL on the answer.
+* ``generate``: Harmon's MAR loop (cosine mask schedule, random order, ``cfg`` on the diffusion
+  head with the unconditional prompt "Generate an image."); defaults cfg 3.0, 64 iterations,
+  temperature 1.0, "Generate an image: {prompt}", one ``torch.Generator(seed)`` per call.
+
+Conventions this module fixes (the paper and the official code leave them open):
+
+* Hint placement: the hints are *prepended* before the chat prompt (§8.2, Fig. 6), not inserted
+  after ``<|im_start|>user\\n`` as Reca does with its full image prompt. Attention is the Fig. 6
+  mask of :func:`segros.attention.segros_attention_mask` (hints bidirectional among themselves,
+  text causal + all hints, image tokens see everything real). ``image_attention="native"``
+  instead keeps Harmon's own causal mask over [text][image] (hints are then still visible to
+  everything after them); generation uses the same rule as training.
+* Position ids: ``cumsum(real) - 1`` over the whole sequence (Harmon's ``prepare_forward_input``),
+  so the image block follows the last real text token whatever the padding.
+* ``text_valid`` marks only the user caption's tokens, not the chat template and not the fixed
+  instruction "Generate an image:" (grounding uses what the user asked for).
+* Reca's options (config, off for SeGroS unless set): ``hint_grad_scale`` multiplies the gradient
+  that flows back into the hint embeddings (Reca: 0.1); ``text_free_prob`` replaces a prompt by
+  "Generate an image." with that probability in :meth:`drop_prompts` (Reca: 0.1).
+* The diffusion loss is the eps-MSE of Eq. 17 only (see :mod:`segros.backbones._mar`).
+
+Checkpoints (:mod:`segros.backbones.checkpoints`): ``harmon_0.5b.pth`` / ``harmon_1.5b.pth`` hold
+every key except ``vae.*`` (``llm.*``, ``mar.*``, ``proj_in.*``, ``proj_out.*``); ``kl16.ckpt``
+holds the VAE under ``["model"]`` without the ``vae.`` prefix. The Qwen weights and tokenizer come
+from the Qwen2.5-Instruct folder (``llm_path``). The HF-format repos (Harmon-0_5B/1_5B) are not
+handled.
+
+Table 7 (Harmon columns; presets ``paper-harmon-0.5b`` / ``paper-harmon-1.5b``): AdamW, lr 1e-5,
+weight decay 0.01, betas (0.9, 0.95); 3K / 5K steps, warm-up 500; batch 96 / 48, accumulation 2;
+η = 30 %, ρ = 40 %, λ = 1.0; nothing frozen except the VAE.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from segros.attention import segros_attention_mask
+from segros.backbones._mar import MAR, AutoencoderKL, sample_tokens
+from segros.backbones.base import Backbone, VisualTokens
+
+INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
+GEN_PREFIX = "Generate an image: "
+UNCOND_PROMPT = "Generate an image."
+IMAGE_TOKEN_INDEX = -200  # placeholder id of image slots in I2T input_ids (xtuner convention)
+
+
+@dataclass(frozen=True)
+class HarmonConfig:
+    """Every size knob of Harmon. Defaults are Harmon-0.5B at 512 px."""
+
+    # Qwen2.5 LLM
+    llm_hidden: int = 896
+    llm_layers: int = 24
+    llm_heads: int = 14
+    llm_kv_heads: int = 2
+    llm_intermediate: int = 4864
+    vocab_size: int = 151936
+    tie_word_embeddings: bool = True
+    rope_theta: float = 1000000.0
+    # MAR
+    mar_img_size: int = 256  # size the learned MAR position tables are built for (16×16)
+    mar_dim: int = 768
+    mar_depth: int = 12
+    mar_heads: int = 12
+    diffloss_d: int = 6
+    diffloss_w: int = 1024
+    buffer_size: int = 64
+    class_num: int = 1000
+    # VAE
+    vae_ch: int = 128
+    vae_ch_mult: tuple = (1, 1, 2, 2, 4)
+    vae_num_res_blocks: int = 2
+    vae_resolution: int = 256
+    vae_embed_dim: int = 16
+    vae_scale: float = 0.2325
+    # data / training
+    image_size: int = 512
+    diffusion_batch_mul: int = 4
+    image_attention: str = "fig6"  # "fig6" | "native"
+    hint_grad_scale: float = 1.0  # Reca: 0.1
+    text_free_prob: float = 0.0  # Reca: 0.1
+    # generation
+    cfg: float = 3.0
+    num_iter: int = 64
+    temperature: float = 1.0
+    diffusion_steps: int = 100
+    attn_implementation: str = "sdpa"
+
+
+SIZES = {
+    "0.5b": HarmonConfig(),
+    "1.5b": HarmonConfig(llm_hidden=1536, llm_layers=28, llm_heads=12, llm_kv_heads=2, llm_intermediate=8960,
+                         mar_dim=1280, mar_depth=20, mar_heads=16, diffloss_d=12, diffloss_w=1536),
+    "tiny": HarmonConfig(llm_hidden=64, llm_layers=2, llm_heads=4, llm_kv_heads=2, llm_intermediate=128,
+                         vocab_size=0, tie_word_embeddings=True, mar_img_size=64, mar_dim=32, mar_depth=1,
+                         mar_heads=2, diffloss_d=1, diffloss_w=32, buffer_size=4, class_num=10, vae_ch=32,
+                         vae_ch_mult=(1, 1, 1, 1, 1), vae_num_res_blocks=1, vae_resolution=64, image_size=64,
+                         num_iter=4, diffusion_steps=4, attn_implementation="eager"),
+}
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient × scale backward (Reca's ``_ScaleGradient``)."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def build_mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    """Linear → SiLU → Linear (keys ``0.*`` and ``2.*``, as Harmon's ``build_mlp``)."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
+
+
+def _qwen_config(cfg: HarmonConfig, vocab_size: int):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=cfg.llm_hidden, intermediate_size=cfg.llm_intermediate,
+                       num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads,
+                       num_key_value_heads=cfg.llm_kv_heads, max_position_embeddings=32768,
+                       rope_theta=cfg.rope_theta, rms_norm_eps=1e-6, tie_word_embeddings=cfg.tie_word_embeddings,
+                       attn_implementation=cfg.attn_implementation)
+
+
+def tiny_tokenizer(extra_texts: Sequence[str] = ()):
+    """An offline word-level tokenizer for the tiny Harmon: shapes-world words + the chat template."""
+    from segros.data.tokenizer import build_text_tokenizer
+    try:
+        from segros.data.shapes import ShapesWorld
+        words = ShapesWorld().vocabulary()
+    except ImportError:  # the shapes world is optional here
+        words = ["a", "red", "blue", "circle", "square", "left", "of", "the"]
+    texts = list(words) + [INSTRUCTION, GEN_PREFIX, UNCOND_PROMPT, "user assistant", *extra_texts]
+    return build_text_tokenizer(texts)
+
+
+class Harmon(Backbone):
+    """Harmon-0.5B / 1.5B / tiny. Build with :func:`build_harmon`."""
+
+    gamma_per = "batch"
+    mask_schedule = "truncnorm"
+
+    def __init__(self, cfg: HarmonConfig, tokenizer, llm: nn.Module | None = None):
+        super().__init__()
+        from transformers import Qwen2ForCausalLM
+
+        if cfg.image_attention not in ("fig6", "native"):
+            raise ValueError(f"image_attention must be 'fig6' or 'native', got {cfg.image_attention!r}")
+        self.cfg = cfg
+        self.family = "harmon"
+        self.tokenizer = tokenizer
+        self.vae = AutoencoderKL(cfg.vae_embed_dim, cfg.vae_ch, cfg.vae_ch_mult, cfg.vae_num_res_blocks,
+                                 resolution=cfg.vae_resolution)
+        self.vae.requires_grad_(False)
+        vocab = cfg.vocab_size or len(tokenizer)
+        self.llm = llm if llm is not None else Qwen2ForCausalLM(_qwen_config(cfg, vocab))
+        self.mar = MAR(img_size=cfg.mar_img_size, vae_stride=16, vae_embed_dim=cfg.vae_embed_dim,
+                       encoder_embed_dim=cfg.mar_dim, encoder_depth=cfg.mar_depth, encoder_num_heads=cfg.mar_heads,
+                       decoder_embed_dim=cfg.mar_dim, decoder_depth=cfg.mar_depth, decoder_num_heads=cfg.mar_heads,
+                       class_num=cfg.class_num, buffer_size=cfg.buffer_size, diffloss_d=cfg.diffloss_d,
+                       diffloss_w=cfg.diffloss_w, diffusion_batch_mul=cfg.diffusion_batch_mul)
+        self.proj_in = build_mlp(cfg.mar_dim, cfg.llm_hidden, cfg.llm_hidden)
+        self.proj_out = build_mlp(cfg.llm_hidden, cfg.llm_hidden, cfg.mar_dim)
+        g = cfg.image_size // 16
+        self.target_grid_hw = (g, g)
+        self.hint_grid_hw = (g, g)
+
+    # ---- helpers -------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return self.cfg.llm_hidden
+
+    @property
+    def device(self):
+        return self.mar.fake_latent.device
+
+    @property
+    def dtype(self):
+        return self.mar.fake_latent.dtype
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vae.train(False)  # the VAE is frozen and always in eval mode
+        return self
+
+    def state_dict_without_vae(self) -> dict[str, torch.Tensor]:
+        """What ``harmon_<size>.pth`` holds: everything but ``vae.*``."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("vae.")}
+
+    def _check_pixels(self, pixels: torch.Tensor, name: str = "pixels") -> None:
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"{name} must be a [B, 3, H, W] tensor, got {getattr(pixels, 'shape', type(pixels))}")
+        if pixels.shape[2] % 16 or pixels.shape[3] % 16:
+            raise ValueError(f"{name} height and width must be multiples of 16, got {tuple(pixels.shape[2:])}")
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """pixels [B, 3, H, W] in [0, 1] -> scaled VAE latents [B, N, 16] (raster) and the grid."""
+        self._check_pixels(pixels)
+        x = (2 * pixels - 1).to(self.device, self.dtype)
+        z = self.vae.encode_mean(x) * self.cfg.vae_scale  # [B, 16, h, w]
+        hw = (z.shape[2], z.shape[3])
+        return z.flatten(2).transpose(1, 2), hw
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """[B, N, 16] latents -> images [B, 3, H, W] in [-1, 1]."""
+        z = latents.transpose(1, 2).reshape(latents.shape[0], -1, *hw) / self.cfg.vae_scale
+        return self.vae.decode(z)
+
+    def _buffer_embed(self, b: int) -> torch.Tensor:
+        return self.mar.fake_latent.expand(b, -1)
+
+    def visual_features(self, latents, mask, hw):
+        """MAR encoder + proj_in. Returns x_enc [B, buf+vis, Cm] and z_enc [B, vis+buf, D] (buffer last)."""
+        x_enc = self.mar.forward_mae_encoder(latents, mask, self._buffer_embed(latents.shape[0]), hw)
+        z = self.proj_in(x_enc)
+        nb = self.cfg.buffer_size
+        return x_enc, torch.cat([z[:, nb:], z[:, :nb]], dim=1)
+
+    def _llm_image_outputs(self, text_embeds, text_mask, z_enc, hints):
+        """Run [hints][text][image] through the LLM; return the image block's last hidden states."""
+        b, n_img = z_enc.shape[0], z_enc.shape[1]
+        n_hint = 0 if hints is None else hints.shape[1]
+        parts = [text_embeds, z_enc] if hints is None else [hints.to(z_enc.dtype), text_embeds, z_enc]
+        embeds = torch.cat(parts, dim=1)
+        allowed = segros_attention_mask(n_hint, text_mask.bool(), n_img, device=embeds.device, as_bool=True)
+        if self.cfg.image_attention == "native":
+            # Harmon's own rule: image tokens causal among themselves
+            s0 = n_hint + text_mask.shape[1]
+            causal = torch.ones(n_img, n_img, dtype=torch.bool, device=embeds.device).tril()
+            allowed = allowed.clone()
+            allowed[:, :, s0:, s0:] = causal
+        real = torch.cat([torch.ones(b, n_hint, dtype=torch.bool, device=embeds.device), text_mask.bool(),
+                          torch.ones(b, n_img, dtype=torch.bool, device=embeds.device)], dim=1)
+        position_ids = (real.long().cumsum(1) - 1).clamp(min=0)
+        zero = torch.zeros((), dtype=embeds.dtype, device=embeds.device)
+        additive = torch.where(allowed, zero, torch.finfo(embeds.dtype).min)
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=additive, position_ids=position_ids)
+        return out.last_hidden_state[:, -n_img:]
+
+    def forward_mae_encoder(self, latents, mask, hw, text_embeds, text_mask, hints=None):
+        """Harmon's forward_mae_encoder with SeGroS hints: x_enc + proj_out(LLM(image block))."""
+        x_enc, z_enc = self.visual_features(latents, mask, hw)
+        z_llm = self._llm_image_outputs(text_embeds, text_mask, z_enc, hints)
+        nb = self.cfg.buffer_size
+        z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffer back to the front
+        return x_enc + self.proj_out(z_llm)
+
+    # ---- the protocol --------------------------------------------------------------------
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype != torch.long:
+            raise ValueError(f"input_ids must be a long [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)}")
+        return self.llm.get_input_embeddings()(input_ids.to(self.device))
+
+    def embed_image(self, pixels: torch.Tensor) -> VisualTokens:
+        latents, hw = self.encode(pixels)
+        mask = torch.zeros(latents.shape[:2], device=latents.device, dtype=latents.dtype)
+        x_enc = self.mar.forward_mae_encoder(latents, mask, self._buffer_embed(latents.shape[0]), hw)
+        z = self.proj_in(x_enc[:, self.cfg.buffer_size:])
+        return VisualTokens(z, hw)
+
+    def _check_supervision(self, supervision, b: int, n: int) -> torch.Tensor:
+        masked = supervision.masked
+        if masked.shape != (b, n):
+            raise ValueError(f"supervision.masked must be [B, N] = [{b}, {n}], got {tuple(masked.shape)}")
+        if supervision.loss_weight.shape != (b, n):
+            raise ValueError(f"supervision.loss_weight must be [{b}, {n}], got {tuple(supervision.loss_weight.shape)}")
+        counts = masked.sum(1)
+        bad = (counts != counts[0]).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"supervision.masked: Harmon's MAR encoder drops masked tokens, so every sample needs "
+                             f"the same masked count; sample 0 has {int(counts[0])}, sample {i} has {int(counts[i])} "
+                             f"(draw gamma per batch)")
+        return masked
+
+    def t2i_loss(self, batch: Mapping[str, torch.Tensor], supervision: Any, hints: torch.Tensor | None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eqs. 16–17 on the grounded corrupted input; ``hints`` [B, H, D] or None."""
+        from segros.objectives import DiffusionSchedule, diffusion_mse
+
+        for key in ("pixels", "input_ids", "attention_mask"):
+            if key not in batch:
+                raise ValueError(f"batch is missing {key!r}")
+        latents, hw = self.encode(batch["pixels"])
+        b, n, _ = latents.shape
+        if hw != tuple(self.target_grid_hw):
+            raise ValueError(f"batch['pixels'] gives a {hw} latent grid, expected target_grid_hw {self.target_grid_hw}")
+        masked = self._check_supervision(supervision, b, n).to(self.device)
+        if hints is not None:
+            if hints.ndim != 3 or hints.shape[0] != b or hints.shape[2] != self.width:
+                raise ValueError(f"hints must be [B, H, D] = [{b}, H, {self.width}], got {tuple(hints.shape)}")
+            if self.cfg.hint_grad_scale != 1.0:
+                hints = _ScaleGrad.apply(hints, self.cfg.hint_grad_scale)
+        text_embeds = self.embed_text(batch["input_ids"])
+        x_enc = self.forward_mae_encoder(latents, masked.to(latents.dtype), hw, text_embeds,
+                                         batch["attention_mask"].to(self.device), hints)
+        z = self.mar.forward_mae_decoder(x_enc, masked.to(latents.dtype), hw)
+        schedule = DiffusionSchedule(1000)
+        return diffusion_mse(self.mar.diffloss.predict_eps, latents, z, supervision.loss_weight.to(self.device),
+                             schedule, num_samples=self.cfg.diffusion_batch_mul, generator=generator)
+
+    def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Eq. 2 with Harmon's image prompt (1088 tokens, buffer last, at IMAGE_TOKEN_INDEX slots)."""
+        from segros.objectives import i2t_nll
+
+        ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
+        latents, hw = self.encode(batch["pixels"])
+        zero = torch.zeros(latents.shape[:2], device=latents.device, dtype=latents.dtype)
+        _, z_enc = self.visual_features(latents, zero, hw)
+        if self.cfg.hint_grad_scale != 1.0:  # Reca scales image-feature gradients in I2T too
+            z_enc = _ScaleGrad.apply(z_enc, self.cfg.hint_grad_scale)
+        slots = ids == IMAGE_TOKEN_INDEX
+        per = slots.sum(1)
+        bad = (per != z_enc.shape[1]).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"batch['input_ids'][{i}] has {int(per[i])} image slots, expected {z_enc.shape[1]}")
+        embeds = self.llm.get_input_embeddings()(ids.clamp(min=0))
+        embeds = embeds.masked_scatter(slots[..., None], z_enc.to(embeds.dtype))
+        out = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device))
+        return i2t_nll(out.logits, labels)
+
+    # ---- data ----------------------------------------------------------------------------
+    def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
+        from PIL import Image
+
+        out = []
+        for i, im in enumerate(images):
+            if isinstance(im, np.ndarray):
+                if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                    raise ValueError(f"images[{i}] must be uint8 [H, W, 3], got {im.dtype} {im.shape}")
+                im = Image.fromarray(im)
+            im = im.convert("RGB").resize((self.cfg.image_size, self.cfg.image_size), Image.BICUBIC)
+            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
+        return torch.stack(out)
+
+    def drop_prompts(self, texts: Sequence[str], generator: random.Random | None = None) -> list[str]:
+        """Reca's text-free prompts: each text becomes "" (-> "Generate an image.") w.p. text_free_prob."""
+        rng = generator or random.Random(0)
+        return [("" if rng.random() < self.cfg.text_free_prob else t) for t in texts]
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """"Generate an image: {text}" in the chat template; an empty text gives the unconditional prompt."""
+        pre, post = INSTRUCTION.split("{input}")
+        rows, valid = [], []
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"texts[{i}] must be a str, got {type(t).__name__}")
+            head = self._encode(pre + (GEN_PREFIX if t else UNCOND_PROMPT))
+            body = self._encode(t) if t else []
+            tail = self._encode(post)
+            rows.append(head + body + tail)
+            valid.append([False] * len(head) + [True] * len(body) + [False] * len(tail))
+        return self._pad(rows, valid)
+
+    def _pad(self, rows, valid, labels=None):
+        pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        att = torch.zeros(len(rows), length, dtype=torch.long)
+        tv = torch.zeros(len(rows), length, dtype=torch.bool)
+        lab = torch.full((len(rows), length), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+            att[i, :len(r)] = 1
+            tv[i, :len(r)] = torch.tensor(valid[i], dtype=torch.bool)
+            if labels is not None:
+                lab[i, :len(r)] = torch.tensor(labels[i])
+        out = {"input_ids": ids, "attention_mask": att, "text_valid": tv}
+        if labels is not None:
+            out["labels"] = lab
+        return out
+
+    def i2t_batch(self, images, questions, answers) -> dict[str, torch.Tensor]:
+        if not len(images) == len(questions) == len(answers):
+            raise ValueError("images, questions and answers must have the same length")
+        n_img = self.target_grid_hw[0] * self.target_grid_hw[1] + self.cfg.buffer_size
+        rows, labels = [], []
+        for q, a in zip(questions, answers):
+            prompt = self._encode("<|im_start|>user\n") + [IMAGE_TOKEN_INDEX] * n_img + \
+                self._encode("\n" + q + "<|im_end|>\n<|im_start|>assistant\n")
+            answer = self._encode(a + "<|im_end|>")
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        out = self._pad(rows, [[False] * len(r) for r in rows], labels)
+        del out["text_valid"]
+        out["pixels"] = self.preprocess_images(images)
+        return out
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], seed: int = 0, cfg: float | None = None,
+                 num_iter: int | None = None, temperature: float | None = None, image_size: int | None = None,
+                 return_latents: bool = False, **unused: Any) -> list:
+        """Harmon's MAR sampler, one image per prompt; defaults from the config (cfg 3.0, 64 iterations)."""
+        from PIL import Image
+
+        cfg_scale = self.cfg.cfg if cfg is None else cfg
+        num_iter = self.cfg.num_iter if num_iter is None else num_iter
+        temperature = self.cfg.temperature if temperature is None else temperature
+        size = image_size or self.cfg.image_size
+        if size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {size}")
+        if num_iter < 1:
+            raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        m = n = size // 16
+        seq = m * n
+        texts = list(prompts) + ([""] * len(prompts) if cfg_scale != 1.0 else [])
+        tok = self.tokenize_prompts(texts)
+        text_embeds = self.embed_text(tok["input_ids"])
+        text_mask = tok["attention_mask"].to(self.device)
+        bsz = len(prompts)
+        rows = text_embeds.shape[0]
+        tokens = torch.zeros(rows, seq, self.cfg.vae_embed_dim, device=self.device, dtype=self.dtype)
+        orders = torch.stack([torch.randperm(seq, generator=gen) for _ in range(bsz)]).to(self.device)
+        orders = torch.cat([orders] * (rows // bsz))
+        mask = torch.ones(rows, seq, device=self.device, dtype=self.dtype)
+        for step in range(num_iter):
+            x_enc = self.forward_mae_encoder(tokens, mask, (m, n), text_embeds, text_mask)
+            z = self.mar.forward_mae_decoder(x_enc, mask, (m, n))
+            ratio = math.cos(math.pi / 2.0 * (step + 1) / num_iter)
+            mask_len = int(max(1, min(int(mask[0].sum()) - 1, math.floor(seq * ratio))))
+            mask_next = torch.zeros_like(mask)
+            mask_next.scatter_(1, orders[:, :mask_len], 1.0)
+            to_pred = mask.bool() if step >= num_iter - 1 else mask.bool() ^ mask_next.bool()
+            mask = mask_next
+            idx = to_pred[:bsz].nonzero(as_tuple=True)
+            cond = z[:bsz][idx]
+            if cfg_scale != 1.0:
+                cond = torch.cat([cond, z[bsz:][idx]])
+            new = sample_tokens(self.mar.diffloss, cond, cfg=cfg_scale, temperature=temperature,
+                                num_steps=self.cfg.diffusion_steps, generator=gen)
+            tokens[:bsz][idx] = new.to(tokens.dtype)
+            if cfg_scale != 1.0:
+                tokens[bsz:] = tokens[:bsz]
+        latents = tokens[:bsz]
+        if return_latents:
+            return latents
+        images = self.decode(latents, (m, n)).float()
+        images = torch.clamp(127.5 * images + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(im) for im in images]
+
+
+def build_harmon(size: str = "0.5b", tokenizer=None, llm_path: str | None = None, **overrides: Any) -> Harmon:
+    """Harmon with random weights (``size`` = "0.5b" | "1.5b" | "tiny"), config fields overridable.
+
+    ``tokenizer``: a transformers tokenizer; default: the tiny word-level one for "tiny", else
+    ``AutoTokenizer.from_pretrained(llm_path)`` (Qwen2.5-Instruct folder or hub id). With
+    ``llm_path`` the LLM weights are loaded from it too (``Qwen2ForCausalLM.from_pretrained``).
+    Load Harmon's own weights with :func:`segros.backbones.checkpoints.load_harmon`.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    cfg = SIZES[size]
+    bad = set(overrides) - set(HarmonConfig.__dataclass_fields__)
+    if bad:
+        raise ValueError(f"unknown Harmon config fields: {sorted(bad)}")
+    cfg = replace(cfg, **overrides)
+    llm = None
+    if tokenizer is None:
+        if size == "tiny" and llm_path is None:
+            tokenizer = tiny_tokenizer()
+        elif llm_path is None:
+            raise ValueError("llm_path (the Qwen2.5-Instruct folder or hub id) is needed for the tokenizer of "
+                             f"size {size!r}; or pass tokenizer=")
+        else:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(llm_path, padding_side="right")
+    if llm_path is not None:
+        from transformers import Qwen2ForCausalLM
+        llm = Qwen2ForCausalLM.from_pretrained(llm_path, attn_implementation=cfg.attn_implementation)
+    return Harmon(cfg, tokenizer, llm)

@@ -1,0 +1,78 @@
+"""Harmon parity: our modules vs the official ones on the same tiny random weights.
+
+Compared (all deterministic): VAE latents, ``embed_image`` (proj_in of the unmasked MAR encoder,
+buffer dropped), the MAR encoder output under a fixed mask, Harmon's ``forward_mae_encoder`` (LLM
+over [text][image] + proj_out residual; ours in ``image_attention="native"`` without hints, which is
+Harmon's own causal mask), the MAR decoder output, the LLM hidden states of the prompt, and the
+diffusion head output for fixed (x_t, t, c). The official VAE has fixed channel widths (128,
+2 blocks), so the VAE here is full width; everything else is tiny.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segros.backbones.harmon import build_harmon
+
+TOL = 2e-5
+
+
+@pytest.mark.parity
+def test_harmon_parity(tmp_path, report_diffs, official):
+    run = official("harmon")
+    torch.manual_seed(0)
+    model = build_harmon("tiny", vae_ch=128, vae_ch_mult=(1, 1, 2, 2, 4), vae_num_res_blocks=2, vae_resolution=256,
+                         image_attention="native").eval()
+    with torch.no_grad():  # non-zero head so its output is informative
+        for p in model.mar.diffloss.net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    g = torch.Generator().manual_seed(0)
+    b, n = 2, 16
+    pixels = torch.rand(b, 3, 64, 64, generator=g)
+    tok = model.tokenize_prompts(["a red circle", "two blue squares"])
+    mask = torch.zeros(b, n)
+    for i in range(b):
+        mask[i, torch.randperm(n, generator=g)[:11]] = 1
+    cond = torch.randn(5, model.cfg.mar_dim, generator=g)
+    x_t = torch.randn(5, model.cfg.vae_embed_dim, generator=g)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    cfg = model.cfg
+    qwen = model.llm.config
+    config = dict(vae_embed_dim=cfg.vae_embed_dim, vae_ch_mult=list(cfg.vae_ch_mult), vae_scale=cfg.vae_scale,
+                  mar_img_size=cfg.mar_img_size, mar_dim=cfg.mar_dim, mar_depth=cfg.mar_depth, mar_heads=cfg.mar_heads,
+                  class_num=cfg.class_num, buffer_size=cfg.buffer_size, diffloss_d=cfg.diffloss_d,
+                  diffloss_w=cfg.diffloss_w, llm_hidden=cfg.llm_hidden,
+                  qwen=dict(vocab_size=qwen.vocab_size, hidden_size=qwen.hidden_size,
+                            intermediate_size=qwen.intermediate_size, num_hidden_layers=qwen.num_hidden_layers,
+                            num_attention_heads=qwen.num_attention_heads, num_key_value_heads=qwen.num_key_value_heads,
+                            rope_theta=cfg.rope_theta, rms_norm_eps=1e-6, tie_word_embeddings=cfg.tie_word_embeddings,
+                            max_position_embeddings=32768, attn_implementation="eager"))
+    inputs = tmp_path / "in.pt"
+    torch.save(dict(config=config, state_dict=model.state_dict(), pixels=pixels, mask=mask,
+                    input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], x_t=x_t, t=t, cond=cond), inputs)
+    run(inputs, tmp_path / "out.pt")
+    ref = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert ref["missing"] == [] and ref["unexpected"] == []
+    with torch.no_grad():
+        lat, hw = model.encode(pixels)
+        text = model.embed_text(tok["input_ids"])
+        ours = {
+            "latents": lat,
+            "embed_image": model.embed_image(pixels).z_image,
+            "mar_encoder": model.mar.forward_mae_encoder(lat, mask, model.mar.fake_latent.expand(b, -1), hw),
+            "forward_mae_encoder": model.forward_mae_encoder(lat, mask, hw, text, tok["attention_mask"]),
+            "llm_hidden": model.llm.model(input_ids=tok["input_ids"],
+                                          attention_mask=tok["attention_mask"]).last_hidden_state,
+            "diffloss_net": model.mar.diffloss.net(x_t, t, cond),
+        }
+        ours["decoder"] = model.mar.forward_mae_decoder(ours["forward_mae_encoder"], mask, hw)
+    real = tok["attention_mask"].bool()
+    for key, value in ours.items():
+        a, r = value, ref[key]
+        if key == "llm_hidden":  # padding rows are meaningless
+            a, r = a[real], r[real]
+        assert a.shape == r.shape, key
+        report_diffs[key] = float((a - r).abs().max())
+    bad = {k: v for k, v in report_diffs.items() if v > TOL}
+    assert not bad, bad

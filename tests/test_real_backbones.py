@@ -1,0 +1,644 @@
+"""Tiny random versions of the real families (issue 6): losses, generation, key names, checkpoints.
+
+Expected key names were read from the official code (wusize/Harmon ``src/models/harmon.py``,
+``src/models/mar/{mar,vae,diffloss}.py``, timm 0.9 ``Block``, transformers ``Qwen2ForCausalLM``)
+and are written here by hand, independently of the module under test.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from segros.backbones import checkpoints as ckpt
+from segros.backbones._mar import cosine_betas, respaced_steps, sample_tokens
+from segros.backbones.harmon import IMAGE_TOKEN_INDEX, build_harmon, tiny_tokenizer
+from segros.supervision import Supervision
+
+# ---- official key names (Harmon) ---------------------------------------------------------------
+
+HARMON_EXPECTED_KEYS = [
+    "proj_in.0.weight", "proj_in.0.bias", "proj_in.2.weight", "proj_in.2.bias",
+    "proj_out.0.weight", "proj_out.0.bias", "proj_out.2.weight", "proj_out.2.bias",
+    "mar.class_emb.weight", "mar.fake_latent", "mar.z_proj.weight", "mar.z_proj.bias",
+    "mar.z_proj_ln.weight", "mar.z_proj_ln.bias", "mar.encoder_pos_embed_learned",
+    "mar.encoder_blocks.0.norm1.weight", "mar.encoder_blocks.0.norm1.bias",
+    "mar.encoder_blocks.0.attn.qkv.weight", "mar.encoder_blocks.0.attn.qkv.bias",
+    "mar.encoder_blocks.0.attn.proj.weight", "mar.encoder_blocks.0.attn.proj.bias",
+    "mar.encoder_blocks.0.norm2.weight", "mar.encoder_blocks.0.mlp.fc1.weight",
+    "mar.encoder_blocks.0.mlp.fc1.bias", "mar.encoder_blocks.0.mlp.fc2.weight",
+    "mar.encoder_norm.weight", "mar.encoder_norm.bias", "mar.decoder_embed.weight", "mar.mask_token",
+    "mar.decoder_pos_embed_learned", "mar.decoder_blocks.0.attn.qkv.weight", "mar.decoder_norm.weight",
+    "mar.diffusion_pos_embed_learned",
+    "mar.diffloss.net.time_embed.mlp.0.weight", "mar.diffloss.net.time_embed.mlp.2.weight",
+    "mar.diffloss.net.cond_embed.weight", "mar.diffloss.net.input_proj.weight",
+    "mar.diffloss.net.res_blocks.0.in_ln.weight", "mar.diffloss.net.res_blocks.0.mlp.0.weight",
+    "mar.diffloss.net.res_blocks.0.mlp.2.weight", "mar.diffloss.net.res_blocks.0.adaLN_modulation.1.weight",
+    "mar.diffloss.net.final_layer.linear.weight", "mar.diffloss.net.final_layer.adaLN_modulation.1.weight",
+    "vae.encoder.conv_in.weight", "vae.encoder.down.0.block.0.norm1.weight",
+    "vae.encoder.down.0.block.0.conv1.weight", "vae.encoder.down.0.block.0.norm2.weight",
+    "vae.encoder.down.0.block.0.conv2.weight", "vae.encoder.down.0.downsample.conv.weight",
+    "vae.encoder.mid.block_1.conv1.weight", "vae.encoder.mid.attn_1.q.weight", "vae.encoder.mid.attn_1.k.weight",
+    "vae.encoder.mid.attn_1.v.weight", "vae.encoder.mid.attn_1.proj_out.weight", "vae.encoder.mid.block_2.conv2.weight",
+    "vae.encoder.norm_out.weight", "vae.encoder.conv_out.weight",
+    "vae.decoder.conv_in.weight", "vae.decoder.mid.attn_1.q.weight", "vae.decoder.up.0.block.0.conv1.weight",
+    "vae.decoder.up.1.upsample.conv.weight", "vae.decoder.norm_out.weight", "vae.decoder.conv_out.weight",
+    "vae.quant_conv.weight", "vae.post_quant_conv.weight",
+    "llm.model.embed_tokens.weight", "llm.model.layers.0.self_attn.q_proj.weight",
+    "llm.model.layers.0.self_attn.q_proj.bias", "llm.model.layers.0.self_attn.k_proj.bias",
+    "llm.model.layers.0.self_attn.v_proj.weight", "llm.model.layers.0.self_attn.o_proj.weight",
+    "llm.model.layers.0.mlp.gate_proj.weight", "llm.model.layers.0.mlp.up_proj.weight",
+    "llm.model.layers.0.mlp.down_proj.weight", "llm.model.layers.0.input_layernorm.weight",
+    "llm.model.layers.0.post_attention_layernorm.weight", "llm.model.norm.weight", "llm.lm_head.weight",
+]
+
+# every key of the model must match one of these official patterns
+HARMON_KEY_PATTERNS = [
+    r"proj_(in|out)\.[02]\.(weight|bias)",
+    r"mar\.(class_emb\.weight|fake_latent|mask_token|(encoder|decoder|diffusion)_pos_embed_learned)",
+    r"mar\.(z_proj|z_proj_ln|encoder_norm|decoder_norm|decoder_embed)\.(weight|bias)",
+    r"mar\.(encoder|decoder)_blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)",
+    r"mar\.diffloss\.net\.(time_embed\.mlp\.[02]|cond_embed|input_proj|final_layer\.linear"
+    r"|final_layer\.adaLN_modulation\.1|res_blocks\.\d+\.(in_ln|mlp\.[02]|adaLN_modulation\.1))\.(weight|bias)",
+    r"vae\.(encoder|decoder)\.(conv_in|conv_out|norm_out)\.(weight|bias)",
+    r"vae\.(encoder\.down|decoder\.up)\.\d+\.block\.\d+\.(norm1|conv1|norm2|conv2|nin_shortcut)\.(weight|bias)",
+    r"vae\.(encoder\.down|decoder\.up)\.\d+\.attn\.\d+\.(norm|q|k|v|proj_out)\.(weight|bias)",
+    r"vae\.encoder\.down\.\d+\.downsample\.conv\.(weight|bias)",
+    r"vae\.decoder\.up\.\d+\.upsample\.conv\.(weight|bias)",
+    r"vae\.(encoder|decoder)\.mid\.(block_[12]\.(norm1|conv1|norm2|conv2)|attn_1\.(norm|q|k|v|proj_out))\.(weight|bias)",
+    r"vae\.(quant_conv|post_quant_conv)\.(weight|bias)",
+    r"llm\.model\.embed_tokens\.weight", r"llm\.model\.norm\.weight", r"llm\.lm_head\.weight",
+    r"llm\.model\.layers\.\d+\.self_attn\.(q|k|v)_proj\.(weight|bias)",
+    r"llm\.model\.layers\.\d+\.self_attn\.o_proj\.weight",
+    r"llm\.model\.layers\.\d+\.mlp\.(gate|up|down)_proj\.weight",
+    r"llm\.model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight",
+]
+
+# shapes at the real sizes, from the official configs (configs/models/qwen2_5_*_kl16_mar_*.py:
+# MAR built at img_size 256 -> 16x16 + 64 buffer = 320 positions; diffloss_d/w 6/1024 and 12/1536)
+HARMON_REAL_SHAPES = {
+    "0.5b": {"mar.encoder_pos_embed_learned": (1, 320, 768), "proj_in.0.weight": (896, 768),
+             "proj_out.2.weight": (768, 896), "llm.model.embed_tokens.weight": (151936, 896),
+             "mar.diffloss.net.res_blocks.5.mlp.0.weight": (1024, 1024),
+             "mar.diffloss.net.final_layer.linear.weight": (32, 1024),
+             "mar.encoder_blocks.11.attn.qkv.weight": (2304, 768),
+             "vae.encoder.conv_out.weight": (32, 512, 3, 3), "vae.quant_conv.weight": (32, 32, 1, 1)},
+    "1.5b": {"mar.encoder_pos_embed_learned": (1, 320, 1280), "proj_in.0.weight": (1536, 1280),
+             "llm.model.embed_tokens.weight": (151936, 1536),
+             "mar.diffloss.net.res_blocks.11.mlp.0.weight": (1536, 1536),
+             "mar.decoder_blocks.19.mlp.fc1.weight": (5120, 1280),
+             "llm.model.layers.27.self_attn.k_proj.weight": (256, 1536)},
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def harmon(tok):
+    torch.manual_seed(0)
+    model = build_harmon("tiny", tokenizer=tok)
+    # the official init zeroes the diffusion head's output (no gradient upstream); perturb it
+    with torch.no_grad():
+        for p in model.mar.diffloss.net.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    return model.eval()
+
+
+def _batch(model, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = model.tokenize_prompts(["a red circle", "two blue squares left of a green cross"][:n])
+    batch["pixels"] = torch.rand(n, 3, 64, 64, generator=g)
+    return batch
+
+
+def _supervision(masked: torch.Tensor, weight: torch.Tensor | None = None, h: int = 4):
+    b = masked.shape[0]
+    return Supervision(hint_idx=torch.arange(h).expand(b, h).clone(), seen=~masked, masked=masked,
+                       loss_weight=masked.float() if weight is None else weight)
+
+
+def _masked(b=2, n=16, k=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.zeros(b, n, dtype=torch.bool)
+    for i in range(b):
+        m[i, torch.randperm(n, generator=g)[:k]] = True
+    return m
+
+
+# ---- key names -----------------------------------------------------------------------------
+
+def test_harmon_keys_match_official_names(harmon):
+    keys = set(harmon.state_dict())
+    missing = [k for k in HARMON_EXPECTED_KEYS if k not in keys]
+    assert not missing, missing
+    pats = [re.compile(p) for p in HARMON_KEY_PATTERNS]
+    stray = [k for k in keys if not any(p.fullmatch(k) for p in pats)]
+    assert not stray, stray
+
+
+@pytest.mark.parametrize("size", ["0.5b", "1.5b"])
+def test_harmon_real_shapes_on_meta(size, tok):
+    with torch.device("meta"):
+        model = build_harmon(size, tokenizer=tok)
+    sd = model.state_dict()
+    for key, shape in HARMON_REAL_SHAPES[size].items():
+        assert tuple(sd[key].shape) == shape, key
+    pats = [re.compile(p) for p in HARMON_KEY_PATTERNS]
+    assert all(any(p.fullmatch(k) for p in pats) for k in sd)
+    assert model.target_grid_hw == model.hint_grid_hw == (32, 32)
+
+
+# ---- embeddings ------------------------------------------------------------------------------
+
+def test_harmon_embed_image_drops_buffer_and_is_per_sample(harmon):
+    pixels = _batch(harmon)["pixels"]
+    with torch.no_grad():
+        vt = harmon.embed_image(pixels)
+        single = harmon.embed_image(pixels[1:])
+    assert vt.grid_hw == (4, 4) and vt.z_image.shape == (2, 16, harmon.width)
+    torch.testing.assert_close(vt.z_image[1:], single.z_image, atol=1e-5, rtol=1e-5)
+    # position information: the same latent everywhere still gives different tokens per position
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    with torch.no_grad():
+        z = harmon.embed_image(flat).z_image[0]
+    assert (z[0] - z[5]).abs().max() > 1e-4
+
+
+def test_harmon_embed_image_other_grid_resizes_positions(harmon):
+    with torch.no_grad():
+        vt = harmon.embed_image(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1)))
+    assert vt.grid_hw == (8, 8) and vt.z_image.shape == (1, 64, harmon.width)
+
+
+def test_harmon_embed_text_is_the_input_table(harmon):
+    ids = torch.tensor([[3, 4, 5]])
+    torch.testing.assert_close(harmon.embed_text(ids)[0], harmon.llm.model.embed_tokens.weight[[3, 4, 5]])
+    with pytest.raises(ValueError, match="input_ids"):
+        harmon.embed_text(torch.tensor([1.0, 2.0]))
+
+
+def test_harmon_text_valid_marks_the_caption_only(harmon, tok):
+    out = harmon.tokenize_prompts(["a red circle", ""])
+    words = tok.decode(out["input_ids"][0][out["text_valid"][0]].tolist())
+    assert words.split() == ["a", "red", "circle"]
+    assert not out["text_valid"][1].any()
+    uncond = tok.decode(out["input_ids"][1][out["attention_mask"][1].bool()].tolist())
+    assert "generate an image ." in uncond and ":" not in uncond
+
+
+# ---- T2I loss ---------------------------------------------------------------------------------
+
+def test_harmon_t2i_loss_backward_reaches_trainable_parts(harmon):
+    harmon.zero_grad()
+    batch = _batch(harmon)
+    hints = harmon.embed_image(batch["pixels"]).z_image[:, :4]
+    loss = harmon.t2i_loss(batch, _supervision(_masked()), hints, generator=torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name in ("proj_in.0.weight", "proj_out.2.weight", "mar.encoder_blocks.0.attn.qkv.weight",
+                 "mar.decoder_blocks.0.mlp.fc1.weight", "mar.diffloss.net.input_proj.weight",
+                 "llm.model.layers.1.self_attn.q_proj.weight"):
+        g = dict(harmon.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+    assert all(p.grad is None for p in harmon.vae.parameters())
+    harmon.zero_grad()
+
+
+def test_harmon_t2i_loss_depends_on_hints_and_mode(harmon, tok):
+    batch = _batch(harmon)
+    sup = _supervision(_masked())
+    with torch.no_grad():
+        hints = harmon.embed_image(batch["pixels"]).z_image[:, :4]
+        base = harmon.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0))
+        again = harmon.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0))
+        with_h = harmon.t2i_loss(batch, sup, hints, generator=torch.Generator().manual_seed(0))
+    assert base == again
+    assert abs(float(base) - float(with_h)) > 1e-7
+    native = build_harmon("tiny", tokenizer=tok, image_attention="native")
+    native.load_state_dict(harmon.state_dict())
+    native.eval()
+    with torch.no_grad():
+        nat = native.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0))
+    assert abs(float(nat) - float(base)) > 1e-7
+
+
+def test_harmon_t2i_loss_zero_weight_is_zero(harmon):
+    batch = _batch(harmon)
+    masked = _masked()
+    loss = harmon.t2i_loss(batch, _supervision(masked, torch.zeros(2, 16)), None)
+    assert float(loss.detach()) == 0.0
+
+
+def test_harmon_t2i_loss_rejects_unequal_mask_counts(harmon):
+    masked = _masked()
+    masked[1, (~masked[1]).nonzero()[0]] = True  # sample 1 gets one more masked token
+    with pytest.raises(ValueError, match="sample 1"):
+        harmon.t2i_loss(_batch(harmon), _supervision(masked), None)
+    with pytest.raises(ValueError, match="masked"):
+        harmon.t2i_loss(_batch(harmon), _supervision(_masked(n=9, k=3)), None)
+    with pytest.raises(ValueError, match="hints"):
+        harmon.t2i_loss(_batch(harmon), _supervision(_masked()), torch.zeros(2, 4, 7))
+
+
+def test_harmon_hint_grad_scale_scales_hint_gradient(harmon, tok):
+    batch = _batch(harmon)
+    sup = _supervision(_masked())
+    grads = {}
+    for scale in (1.0, 0.1):
+        m = build_harmon("tiny", tokenizer=tok, hint_grad_scale=scale)
+        m.load_state_dict(harmon.state_dict())
+        m.eval()
+        hints = torch.randn(2, 4, m.width, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        m.t2i_loss(batch, sup, hints, generator=torch.Generator().manual_seed(0)).backward()
+        grads[scale] = hints.grad.clone()
+    assert grads[1.0].abs().sum() > 0
+    torch.testing.assert_close(grads[0.1], 0.1 * grads[1.0])
+
+
+def test_harmon_drop_prompts(tok):
+    m = build_harmon("tiny", tokenizer=tok, text_free_prob=1.0)
+    assert m.drop_prompts(["a", "b"]) == ["", ""]
+    m = build_harmon("tiny", tokenizer=tok)
+    assert m.drop_prompts(["a", "b"]) == ["a", "b"]
+
+
+# ---- I2T loss ---------------------------------------------------------------------------------
+
+def test_harmon_i2t_loss(harmon):
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    batch = harmon.i2t_batch([img, img], ["what color is the circle", "how many"], ["red", "two circles"])
+    assert (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum(1).tolist() == [16 + 4, 16 + 4]
+    sup = batch["labels"] != -100
+    assert sup.sum(1).tolist() == [len(harmon._encode("red<|im_end|>")), len(harmon._encode("two circles<|im_end|>"))]
+    harmon.zero_grad()
+    loss = harmon.i2t_loss(batch)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert harmon.proj_in[0].weight.grad.abs().sum() > 0
+    harmon.zero_grad()
+    bad = dict(batch)
+    bad["input_ids"] = batch["input_ids"].clone()
+    bad["input_ids"][1, (batch["input_ids"][1] == IMAGE_TOKEN_INDEX).nonzero()[0]] = 5
+    with pytest.raises(ValueError, match=r"input_ids'\]\[1\]"):
+        harmon.i2t_loss(bad)
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+def test_harmon_generate_deterministic(harmon):
+    a = harmon.generate(["a red circle"], seed=0, num_iter=2)
+    b = harmon.generate(["a red circle"], seed=0, num_iter=2)
+    c = harmon.generate(["a red circle"], seed=1, num_iter=2)
+    assert a[0].size == (64, 64)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+    lat = harmon.generate(["a red circle", "a blue square"], seed=0, num_iter=3, cfg=1.0, return_latents=True)
+    assert lat.shape == (2, 16, 16) and torch.isfinite(lat).all()
+
+
+def test_cosine_schedule_agrees_with_objectives():
+    from segros.objectives import cosine_alphas_cumprod
+
+    torch.testing.assert_close(torch.cumprod(1 - cosine_betas(), 0), cosine_alphas_cumprod(1000))
+    steps = respaced_steps(1000, 100)
+    assert len(steps) == 100 and steps[0] == 0 and steps[-1] == 999
+    assert respaced_steps(1000, 4) == [0, 333, 666, 999]
+
+
+def test_sample_tokens_cfg_halves_equal_and_temperature(harmon):
+    head = harmon.mar.diffloss
+    cond = torch.randn(6, head.net.cond_embed.in_features, generator=torch.Generator().manual_seed(0))
+    guided = sample_tokens(head, cond, cfg=3.0, num_steps=5, generator=torch.Generator().manual_seed(0))
+    plain = sample_tokens(head, cond[:3], cfg=1.0, num_steps=5, generator=torch.Generator().manual_seed(0))
+    assert guided.shape == (3, head.in_channels)
+    assert not torch.allclose(guided, plain)
+    # identical conditional and unconditional rows: guidance changes nothing
+    same = sample_tokens(head, torch.cat([cond[:3], cond[:3]]), cfg=3.0, num_steps=5,
+                         generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, plain, atol=1e-5, rtol=1e-4)
+    cold = sample_tokens(head, cond, cfg=1.0, temperature=0.0, num_steps=5, generator=torch.Generator().manual_seed(0))
+    cold2 = sample_tokens(head, cond, cfg=1.0, temperature=0.0, num_steps=5, generator=torch.Generator().manual_seed(9))
+    # temperature 0 leaves only the initial noise as randomness -> different seeds still differ,
+    # but a rerun with the same seed is identical
+    again = sample_tokens(head, cond, cfg=1.0, temperature=0.0, num_steps=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cold, again)
+    assert not torch.allclose(cold, cold2)
+    with pytest.raises(ValueError, match="even"):
+        sample_tokens(head, cond[:5], cfg=2.0, num_steps=2)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+def test_harmon_save_load_round_trip(harmon, tok, tmp_path):
+    main, vae = tmp_path / "harmon_tiny.pth", tmp_path / "kl16.ckpt"
+    ckpt.save_harmon(harmon, str(main), str(vae))
+    raw = torch.load(main, weights_only=True)
+    assert not any(k.startswith("vae.") for k in raw) and "proj_in.0.weight" in raw
+    assert "encoder.conv_in.weight" in torch.load(vae, weights_only=True)["model"]
+    torch.manual_seed(123)
+    other = build_harmon("tiny", tokenizer=tok).eval()
+    assert not torch.equal(other.proj_in[0].weight, harmon.proj_in[0].weight)
+    ckpt.load_harmon(other, str(tmp_path), str(tmp_path), checkpoint_file="harmon_tiny.pth")
+    for k, v in harmon.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+    pix = _batch(harmon)["pixels"]
+    with torch.no_grad():
+        torch.testing.assert_close(other.embed_image(pix).z_image, harmon.embed_image(pix).z_image)
+
+
+def test_checkpoint_mismatch_lists_keys(harmon, tok, tmp_path):
+    sd = harmon.state_dict_without_vae()
+    sd.pop("proj_out.0.bias")
+    sd["mar.not_a_key"] = torch.zeros(1)
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(ckpt.CheckpointMismatch) as err:
+        ckpt.load_harmon(build_harmon("tiny", tokenizer=tok), str(path))
+    msg = str(err.value)
+    assert "missing keys (1)" in msg and "proj_out.0.bias" in msg
+    assert "unexpected keys (1)" in msg and "mar.not_a_key" in msg
+    wider = build_harmon("tiny", tokenizer=tok, mar_dim=48)
+    torch.save(harmon.state_dict_without_vae(), path)
+    with pytest.raises(ckpt.CheckpointMismatch, match="shape mismatches"):
+        ckpt.load_harmon(wider, str(path))
+    with pytest.raises(ValueError, match="source"):
+        ckpt.resolve(str(tmp_path / "nope.pth"))
+    with pytest.raises(ValueError, match="filename"):
+        ckpt.resolve(str(tmp_path))
+
+
+def test_build_harmon_rejects_bad_config(tok):
+    with pytest.raises(ValueError, match="size"):
+        build_harmon("7b", tokenizer=tok)
+    with pytest.raises(ValueError, match="unknown Harmon config"):
+        build_harmon("tiny", tokenizer=tok, not_a_field=1)
+    with pytest.raises(ValueError, match="image_attention"):
+        build_harmon("tiny", tokenizer=tok, image_attention="sideways")
+    with pytest.raises(ValueError, match="llm_path"):
+        build_harmon("0.5b")
+
+
+# ---- benchmark script -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_bench_real_step_tiny_cpu(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_real_step.py"
+    spec = importlib.util.spec_from_file_location("bench_real_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    rows, ratios = bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0",
+                               "--dtype", "float32", "--no-grad-ckpt", "--text-len", "8", "--answer-len", "4",
+                               "--json", str(out)])
+    assert [r["family"] for r in rows] == ["harmon-tiny"]
+    assert rows[0]["step_s"] > 0 and rows[0]["tflop_per_step"] > 0 and rows[0]["tokens_per_s"] > 0
+    # tokens: T2I (8 text + 16 image + 4 buffer) and I2T (4 + 20 image slots + 12 + 4 answer) per sample
+    assert rows[0]["tokens_per_s"] * rows[0]["step_s"] == pytest.approx(2 * (8 + 16 + 4) + 2 * (4 + 20 + 12 + 4))
+    assert set(ratios) == {"segros", "reca", "sft"} and all(t > 0 for t in ratios.values())
+    assert json.loads(out.read_text())["rows"][0]["batch"] == 2
+
+
+# ==== Show-o ==================================================================================
+
+from segros.backbones.showo import build_showo  # noqa: E402
+
+# read from showlab/Show-o models/{modeling_showo,phi,modeling_magvitv2}.py
+SHOWO_EXPECTED_KEYS = [
+    "showo.model.embed_tokens.weight", "showo.model.layers.0.self_attn.q_proj.weight",
+    "showo.model.layers.0.self_attn.k_proj.bias", "showo.model.layers.0.self_attn.v_proj.weight",
+    "showo.model.layers.0.self_attn.dense.weight", "showo.model.layers.0.self_attn.dense.bias",
+    "showo.model.layers.0.self_attn.q_layernorm.weight", "showo.model.layers.0.self_attn.k_layernorm.bias",
+    "showo.model.layers.0.mlp.fc1.weight", "showo.model.layers.0.mlp.fc2.bias",
+    "showo.model.layers.0.input_layernorm.weight", "showo.model.final_layernorm.weight",
+    "showo.lm_head.weight", "showo.lm_head.bias",
+    "mm_projector.0.weight", "mm_projector.0.bias", "mm_projector.2.weight", "mm_projector.2.bias",
+    "vq_model.encoder.conv_in.weight", "vq_model.encoder.down.0.block.0.norm1.weight",
+    "vq_model.encoder.down.0.block.0.conv1.weight", "vq_model.encoder.down.0.downsample.conv.weight",
+    "vq_model.encoder.mid.block_1.conv1.weight", "vq_model.encoder.mid.attn_1.q.weight",
+    "vq_model.encoder.norm_out.weight", "vq_model.encoder.conv_out.weight", "vq_model.encoder.quant_conv.weight",
+    "vq_model.decoder.post_quant_conv.weight", "vq_model.decoder.conv_in.weight",
+    "vq_model.decoder.up.0.block.0.conv1.weight", "vq_model.decoder.up.1.upsample.conv.weight",
+    "vq_model.decoder.mid.attn_1.proj_out.weight", "vq_model.decoder.conv_out.weight",
+    "vq_model.quantize.embedding", "vq_model.quantize.power_vals",
+]
+SHOWO_REAL_SHAPES = {  # configs/showo_demo_w_clip_vit*.yaml + microsoft/phi-1_5 + MAGVIT-v2 defaults
+    "showo.model.embed_tokens.weight": (58498, 2048), "showo.lm_head.weight": (58498, 2048),
+    "showo.model.layers.23.self_attn.q_layernorm.weight": (64,), "showo.model.layers.0.mlp.fc1.weight": (8192, 2048),
+    "mm_projector.0.weight": (2048, 1024), "mm_projector.2.weight": (2048, 2048),
+    "vq_model.encoder.conv_out.weight": (13, 512, 3, 3), "vq_model.encoder.quant_conv.weight": (13, 13, 1, 1),
+    "vq_model.quantize.embedding": (8192, 13), "vq_model.decoder.conv_in.weight": (512, 13, 3, 3),
+}
+
+
+@pytest.fixture(scope="module")
+def showo():
+    torch.manual_seed(0)
+    return build_showo("tiny").eval()
+
+
+def _showo_batch(model, seed=0):
+    batch = model.tokenize_prompts(["a red circle", "two blue squares left of a green cross"])
+    batch["pixels"] = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    return batch
+
+
+def test_showo_keys_match_official_names(showo):
+    keys = set(showo.state_dict())
+    assert not [k for k in SHOWO_EXPECTED_KEYS if k not in keys]
+    prefixes = ("showo.", "mm_projector.", "vq_model.encoder.", "vq_model.decoder.", "vq_model.quantize.", "clip.")
+    assert all(k.startswith(prefixes) for k in keys)
+    # encoder level i has vq_enc_blocks[i] blocks, decoder level i vq_dec_blocks[i] (no LDM +1)
+    assert len(showo.vq_model.decoder.up[0].block) == showo.cfg.vq_dec_blocks[0]
+
+
+def test_showo_real_shapes_on_meta():
+    with torch.device("meta"):
+        model = build_showo("512", tokenizer=tiny_tokenizer())
+    sd = model.state_dict()
+    for k, shape in SHOWO_REAL_SHAPES.items():
+        assert tuple(sd[k].shape) == shape, k
+    assert model.cfg.vocab_size == 58498 and model.mask_id == 58497
+    assert model.code_offset == 50305 and model.special_id("<|soi|>") == 50295
+    assert model.hint_grid_hw == (24, 24) and model.target_grid_hw == (32, 32)
+    assert (model.cfg.guidance_scale, model.cfg.num_steps) == (5.0, 50)
+    with torch.device("meta"):
+        small = build_showo("256", tokenizer=tiny_tokenizer())
+    assert small.target_grid_hw == (16, 16) and (small.cfg.guidance_scale, small.cfg.num_steps) == (1.75, 16)
+
+
+def test_lfq_codes_round_trip(showo):
+    q = showo.vq_model.quantize
+    z = torch.randn(2, 6, 3, 3, generator=torch.Generator().manual_seed(0))
+    codes = q.codes(z)
+    assert codes.shape == (2, 9) and codes.max() < 64
+    torch.testing.assert_close(q.lookup(codes, (3, 3)), torch.sign(z))
+    # MSB first: channel 0 carries weight 32
+    z1 = -torch.ones(1, 6, 1, 1)
+    z1[0, 0] = 1
+    assert q.codes(z1).item() == 32
+
+
+def test_showo_embed_image_on_clip_grid(showo):
+    vt = showo.embed_image(_showo_batch(showo)["pixels"])
+    assert vt.grid_hw == (3, 3) and vt.z_image.shape == (2, 9, 64)
+
+
+def test_showo_t2i_loss_backward_and_masking(showo):
+    from segros.objectives import masked_token_nll
+
+    batch = _showo_batch(showo)
+    masked = _masked(n=16, k=10)
+    hints = showo.embed_image(batch["pixels"]).z_image[:, :4]
+    showo.zero_grad()
+    loss = showo.t2i_loss(batch, _supervision(masked), hints)
+    loss.backward()
+    assert showo.mm_projector[0].weight.grad.abs().sum() > 0
+    assert showo.showo.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in showo.vq_model.parameters())
+    showo.zero_grad()
+    # independent recomputation from the pieces: masked positions carry the mask id
+    with torch.no_grad():
+        codes = showo.image_codes(batch["pixels"]) + showo.code_offset
+        ids = torch.where(masked, torch.full_like(codes, showo.mask_id), codes)
+        logits = showo.logits_for(batch["input_ids"], batch["attention_mask"], ids, hints)
+        ref = masked_token_nll(logits, codes, masked.float())
+    torch.testing.assert_close(loss.detach(), ref)
+    with pytest.raises(ValueError, match="supervision.masked"):
+        showo.t2i_loss(batch, _supervision(_masked(n=9, k=3)), None)
+
+
+def test_showo_hints_are_invisible_to_text_but_seen_by_image(showo):
+    batch = _showo_batch(showo)
+    ids = torch.full((2, 16), showo.mask_id)
+    h1 = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(1))
+    h2 = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = showo.logits_for(batch["input_ids"], batch["attention_mask"], ids, h1)
+        b = showo.logits_for(batch["input_ids"], batch["attention_mask"], ids, h2)
+    assert (a - b).abs().max() > 1e-4  # image tokens attend to the hints (Fig. 6)
+
+
+def test_showo_i2t_and_generate(showo):
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    batch = showo.i2t_batch([img], ["what color is the circle"], ["red"])
+    loss = showo.i2t_loss(batch)
+    assert torch.isfinite(loss) and loss > 0
+    a = showo.generate(["a red circle"], seed=0, num_steps=2, return_codes=True)
+    b = showo.generate(["a red circle"], seed=0, num_steps=2, return_codes=True)
+    c = showo.generate(["a red circle"], seed=3, num_steps=2, return_codes=True)
+    assert a.shape == (1, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.min()) >= 0 and int(a.max()) < 64
+    assert showo.generate(["a blue square"], seed=0, num_steps=2)[0].size == (64, 64)
+
+
+def test_showo_tokenize_prompts_layout(showo, tok):
+    out = showo.tokenize_prompts(["a red circle", ""])
+    assert out["input_ids"].shape == (2, 1 + showo.cfg.max_text_len)
+    assert out["input_ids"][0, 0] == showo.special_id("<|t2i|>")
+    assert tok.decode(out["input_ids"][0][out["text_valid"][0]].tolist()).split() == ["a", "red", "circle"]
+    assert out["attention_mask"][1].sum() == 3 and not out["text_valid"][1].any()
+
+
+def test_showo_save_load_round_trip(showo, tmp_path):
+    ckpt.save_showo(showo, str(tmp_path / "showo.bin"), str(tmp_path / "magvit.bin"))
+    torch.manual_seed(7)
+    other = build_showo("tiny").eval()
+    other.clip.load_state_dict(showo.clip.state_dict())  # CLIP comes from from_pretrained in real use
+    ckpt.load_showo(other, str(tmp_path / "showo.bin"), str(tmp_path / "magvit.bin"))
+    for k, v in showo.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+    sd = torch.load(tmp_path / "showo.bin", weights_only=True)
+    sd.pop("mm_projector.2.bias")
+    torch.save(sd, tmp_path / "bad.bin")
+    with pytest.raises(ckpt.CheckpointMismatch, match="mm_projector.2.bias"):
+        ckpt.load_showo(other, str(tmp_path / "bad.bin"))
+
+
+# ==== OpenUni (partial) ========================================================================
+
+from segros.backbones.openuni import build_openuni  # noqa: E402
+
+# read from wusize/OpenUni src/models/openuni/internvl3_sana_hf.py and src/models/connector/
+OPENUNI_EXPECTED_KEYS = [
+    "meta_queries", "projector.weight", "projector.bias",
+    "connector.layers.0.layer_norm1.weight", "connector.layers.0.self_attn.q_proj.weight",
+    "connector.layers.0.self_attn.k_proj.bias", "connector.layers.0.self_attn.v_proj.weight",
+    "connector.layers.0.self_attn.out_proj.weight", "connector.layers.0.layer_norm2.bias",
+    "connector.layers.0.mlp.fc1.weight", "connector.layers.0.mlp.fc2.bias",
+]
+
+
+@pytest.fixture(scope="module")
+def openuni():
+    torch.manual_seed(0)
+    return build_openuni("tiny").eval()
+
+
+def test_openuni_keys_and_real_shapes(openuni):
+    keys = set(openuni.state_dict())
+    assert not [k for k in OPENUNI_EXPECTED_KEYS if k not in keys]
+    trained = {k for k, p in openuni.named_parameters() if p.requires_grad}
+    assert trained and all(k.startswith(("meta_queries", "connector.", "projector.")) for k in trained)
+    with torch.device("meta"):
+        real = build_openuni("1.6b", tokenizer=tiny_tokenizer())
+    sd = real.state_dict()
+    assert tuple(sd["meta_queries"].shape) == (256, 896)
+    assert tuple(sd["projector.weight"].shape) == (2304, 896)
+    assert len(real.connector.layers) == 6 and real.hint_grid_hw == (16, 16)
+
+
+def test_openuni_t2i_loss_hints_and_switch(openuni, tok):
+    batch = openuni.tokenize_prompts(["a red circle", "two blue squares"])
+    batch["pixels"] = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    vt = openuni.embed_image(batch["pixels"])
+    assert vt.grid_hw == (2, 2) and vt.z_image.shape == (2, 4, 64)
+    openuni.zero_grad()
+    loss = openuni.t2i_loss(batch, None, vt.z_image[:, :2], generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert openuni.meta_queries.grad.abs().sum() > 0 and openuni.projector.weight.grad.abs().sum() > 0
+    openuni.zero_grad()
+    with torch.no_grad():
+        plain = openuni.t2i_loss(batch, None, None, generator=torch.Generator().manual_seed(0))
+    assert abs(float(plain) - float(loss.detach())) > 1e-7
+    weighted = build_openuni("tiny", tokenizer=openuni.tokenizer, weight_flow_loss=True)
+    weighted.load_state_dict(openuni.state_dict())
+    weighted.eval()
+    sup = _supervision(torch.tensor([[True, False, False, False], [False, True, True, False]]), h=2)
+    with torch.no_grad():
+        a = weighted.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0))
+        # all-ones weights equal the unweighted loss (same draws)
+        ones = _supervision(torch.ones(2, 4, dtype=torch.bool), h=2)
+        b = weighted.t2i_loss(batch, ones, None, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b, plain)
+    assert abs(float(a) - float(b)) > 1e-7
+    with pytest.raises(NotImplementedError, match="I2T"):
+        openuni.i2t_loss(batch)
+
+
+def test_openuni_generate_and_checkpoint(openuni, tmp_path):
+    a = openuni.generate(["a red circle"], seed=0, num_steps=2, return_latents=True)
+    b = openuni.generate(["a red circle"], seed=0, num_steps=2, return_latents=True)
+    assert a.shape == (1, 8, 2, 2) and torch.equal(a, b)
+    assert openuni.generate(["a red circle"], seed=1, num_steps=1)[0].size == (64, 64)
+    path = tmp_path / "openuni.pth"
+    ckpt.save_openuni(openuni, str(path))
+    torch.manual_seed(5)
+    other = build_openuni("tiny", tokenizer=openuni.tokenizer)
+    ckpt.load_openuni(other, str(path))
+    assert torch.equal(other.meta_queries, openuni.meta_queries)
+    assert torch.equal(other.connector.layers[0].mlp.fc1.weight, openuni.connector.layers[0].mlp.fc1.weight)
+    sd = torch.load(path, weights_only=True)
+    sd["connector.extra"] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(ckpt.CheckpointMismatch, match="connector.extra"):
+        ckpt.load_openuni(other, str(path))
