@@ -1,0 +1,98 @@
+"""Backbone registry: ``build_backbone(name, **cfg)`` for every UMM family behind the protocol.
+
+Tiny families (train from scratch on a CPU, see :mod:`segros.backbones.tiny_common`):
+
+* ``"tiny-showo"``  :class:`TinyShowo`  (Phi LLM, k-means patch codes, MaskGIT)
+* ``"tiny-harmon"`` :class:`TinyHarmon` (Qwen2 LLM, PCA patch latents, MAR + diffusion head)
+
+A tiny family is built offline: the text tokenizer from ``ShapesWorld(seed).vocabulary()`` (or
+the given ``tokenizer``), the image tokenizer fitted on ``fit_images`` (uint8 [H, W, 3] images or
+pixels [B, 3, H, W]; default the first ``n_fit`` renders of the shapes world's pretrain split).
+Other keyword arguments are fields of the family's frozen config dataclass.
+
+Real families register themselves with :func:`register` (a builder taking ``**cfg``), e.g. from
+their own modules; :func:`load_backbone` reopens any tiny checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+from segros.backbones.base import Backbone, VisualTokens
+from segros.backbones.tiny_harmon import TinyHarmon, TinyHarmonConfig
+from segros.backbones.tiny_showo import TinyShowo, TinyShowoConfig
+
+REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+def register(name: str, builder: Callable[..., Backbone]) -> None:
+    """Make ``build_backbone(name, **cfg)`` call ``builder(**cfg)``."""
+    REGISTRY[name] = builder
+
+
+def build_backbone(name: str, **cfg) -> Backbone:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backbone name {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name](**cfg)
+
+
+def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size):
+    """The text tokenizer and the fitting pixels of a tiny family (shapes world by default)."""
+    import torch
+
+    from segros.data.image_tokenizer import images_to_pixels
+    from segros.data.tokenizer import build_text_tokenizer
+
+    if tokenizer is None or fit_images is None:
+        from segros.data.shapes import ShapesWorld
+        world = ShapesWorld(image_size=image_size, seed=world_seed)
+    if tokenizer is None:
+        tokenizer = build_text_tokenizer(world.vocabulary())
+    if fit_images is None:
+        fit_images = [s.image for s in world.split("pretrain", n_fit)]
+    pixels = fit_images if torch.is_tensor(fit_images) else images_to_pixels(fit_images)
+    if pixels.shape[-1] != image_size or pixels.shape[-2] != image_size:
+        raise ValueError(f"fit_images must be {image_size}x{image_size}, got {tuple(pixels.shape[-2:])}")
+    return tokenizer, pixels
+
+
+def build_tiny_showo(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, **cfg) -> TinyShowo:
+    from segros.data.image_tokenizer import fit_kmeans_tokenizer
+
+    config = TinyShowoConfig(**cfg)
+    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size)
+    codes = fit_kmeans_tokenizer(pixels, config.num_codes, config.patch, seed=config.seed)
+    return TinyShowo(config, tokenizer, codes)
+
+
+def build_tiny_harmon(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, **cfg) -> TinyHarmon:
+    from segros.data.image_tokenizer import fit_patch_autoencoder
+
+    config = TinyHarmonConfig(**cfg)
+    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size)
+    ae = fit_patch_autoencoder(pixels, config.latent_channels, config.patch)
+    return TinyHarmon(config, tokenizer, ae)
+
+
+register("tiny-showo", build_tiny_showo)
+register("tiny-harmon", build_tiny_harmon)
+
+TINY_CLASSES = {"tiny-showo": TinyShowo, "tiny-harmon": TinyHarmon}
+
+
+def load_backbone(folder: str) -> Backbone:
+    """Reopen a checkpoint folder written by ``save_pretrained`` (family read from config.json)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"folder {folder!r} holds no config.json")
+    with open(path) as f:
+        family = json.load(f).get("family")
+    if family not in TINY_CLASSES:
+        raise ValueError(f"{folder!r} holds family {family!r}; loadable: {sorted(TINY_CLASSES)}")
+    return TINY_CLASSES[family].from_pretrained(folder)
+
+
+__all__ = ["Backbone", "VisualTokens", "TinyShowo", "TinyShowoConfig", "TinyHarmon", "TinyHarmonConfig",
+           "REGISTRY", "register", "build_backbone", "load_backbone", "build_tiny_showo", "build_tiny_harmon"]
