@@ -1,0 +1,273 @@
+"""The training configuration and its presets (paper §4.1, §8.1 and Table 7).
+
+``TrainConfig`` is a frozen dataclass holding every switch of the fine-tuning recipe: the method
+(Table 9 rows), the SeGroS hyper-parameters (η, ρ, τ, α of §3.2–3.4), the ablation switches of
+Tables 4–6, the optimisation settings of Table 7 and the small-config data/evaluation sizes.
+``config.replace(eta="0.3")`` coerces strings to the field's type (the ``--set key=value`` path).
+
+Presets
+-------
+``small``          the synthetic shapes world on a CPU, tiny-harmon (diffusion-MSE family);
+``small-showo``    the same with tiny-showo (discrete-code NLL family);
+``small-openuni``  the same with tiny-openuni (flow matching, λ = 0 as in Table 7);
+``paper-*``        the six Table 7 columns. They need the real adapters (``showo-256`` ...,
+                   registered in :mod:`segros.backbones` with a local checkpoint) and a GPU.
+
+Conventions Table 7 leaves open, fixed here:
+- "Gradient Accumulation" counts the *reconstruction* micro-batches of one optimizer step; the I2T
+  micro-batches (``i2t_micro``) are added on top in whole single-source micro-batches, as Reca
+  alternates 2 reconstruction + 2 LLaVA micro-batches (REFERENCES.md). Show-o and Harmon use one
+  I2T micro-batch per reconstruction micro-batch; OpenUni none (λ = 0, Reca trains no I2T there).
+- Frozen modules are parameter-name prefixes of the backbone ("clip" for Show-o's CLIP, "mllm"
+  for OpenUni's InternVL); every adapter must name its modules so that these prefixes match.
+- The OpenUni η in Table 7 is 30% for both sizes; λ is 0.0 there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+METHODS = ("sft", "reca", "segros", "reca_hint_filter")
+TEXT_FILTERS = ("both", "intra", "inter", "none")
+HINT_FROM = ("top", "bottom")
+SEEN_FROM = ("bottom", "top")
+LOSS_ON = ("masked", "top_masked")
+SCHEDULES = ("uniform", "truncnorm", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every field of one run. Defaults are the ``small`` preset (CPU, shapes world)."""
+
+    # method (Table 9) and backbone
+    method: str = "segros"
+    backbone: str = "tiny-harmon"
+    backbone_kwargs: dict = field(default_factory=dict)
+    # SeGroS (§3.2–3.4): hint ratio η, text preservation ρ, softmax τ, noise α of Eq. 12
+    eta: float = 0.3
+    rho: float = 0.4
+    tau: float = 1.0
+    alpha: float = 0.5
+    text_filter: str = "both"        # Table 4: "both" | "intra" | "inter" | "none"
+    hint_from: str = "top"           # Table 5/6 switches
+    seen_from: str = "bottom"
+    loss_on: str = "masked"          # "masked" | "top_masked" (Table 6 drop-loss)
+    loss_top: float = 0.3
+    mask_schedule: typing.Optional[str] = None   # None = the backbone's default
+    gamma_per: typing.Optional[str] = None       # None = the backbone's default ("batch" | "sample")
+    lam: float = 1.0                 # λ of Eq. 13
+    # optimisation (Table 7)
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    max_steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1              # reconstruction micro-batches per optimizer step
+    i2t_micro: int = 1               # I2T micro-batches per optimizer step (0: no I2T)
+    clip_grad: float = 1.0
+    seed: int = 0
+    precision: str = "auto"          # "auto": bf16 on a GPU, fp32 on a CPU
+    frozen: tuple = ()               # parameter-name prefixes kept frozen (Table 7 "Frozen Modules")
+    init_from: typing.Optional[str] = None       # a base run directory, or "auto" (see segros.runs.ensure_base)
+    # pretraining of the "w/o SFT" base (small configs only; segros.train.pretrain)
+    align_weight: float = 1.0
+    pretrain_steps: int = 400
+    pretrain_lr: float = 2e-3
+    # data (shapes world)
+    world_seed: int = 0
+    image_size: int = 64
+    n_train: int = 512
+    n_qa_train: int = 512
+    # evaluation
+    eval_prompts: int = 60
+    eval_seeds: tuple = (0, 1)
+    eval_qa: int = 64
+    # bookkeeping
+    log_every: int = 10
+    ckpt_every: int = 50
+
+    def __post_init__(self):
+        validate(self)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        """A copy with ``overrides``; string values are coerced to the field's type."""
+        names = field_names()
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(names)}")
+        types = typing.get_type_hints(TrainConfig)
+        coerced = {k: coerce(k, v, types[k]) for k, v in overrides.items()}
+        return dataclasses.replace(self, **coerced)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["frozen"] = list(self.frozen)
+        d["eval_seeds"] = list(self.eval_seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = field_names()
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(names)}")
+        d = dict(d)
+        for k in ("betas", "frozen", "eval_seeds"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def field_names():
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def coerce(key, value, typ):
+    """Coerce a ``--set`` string to the field's type; non-strings pass through."""
+    if not isinstance(value, str):
+        if typ is tuple and isinstance(value, list):
+            return tuple(value)
+        return value
+    s = value.strip()
+    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
+    if optional:
+        if s.lower() in ("none", "null", ""):
+            return None
+        typ = [a for a in typing.get_args(typ) if a is not type(None)][0]
+    try:
+        if typ is bool:
+            if s.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(s)
+            return s.lower() in ("true", "1", "yes")
+        if typ is int:
+            return int(s)
+        if typ is float:
+            return float(s)
+        if typ is dict:
+            out = json.loads(s)
+            if not isinstance(out, dict):
+                raise ValueError(s)
+            return out
+        if typ is tuple:
+            parts = [p.strip() for p in s.strip("()[]").split(",") if p.strip()]
+            return tuple(_scalar(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from None
+    return s
+
+
+def _scalar(p):
+    for cast in (int, float):
+        try:
+            return cast(p)
+        except ValueError:
+            pass
+    return p.strip("'\"")
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_range(key, value, lo, hi, lo_open=False, hi_open=False):
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        a, b = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ValueError(f"{key} must be in {a}{lo}, {hi}{b}; got {value!r}")
+
+
+def validate(c: TrainConfig):
+    """Raise ValueError naming the first offending key."""
+    if c.method not in METHODS:
+        raise ValueError(f"unknown method {c.method!r}; valid methods: {', '.join(METHODS)}")
+    _check_choice("text_filter", c.text_filter, TEXT_FILTERS)
+    _check_choice("hint_from", c.hint_from, HINT_FROM)
+    _check_choice("seen_from", c.seen_from, SEEN_FROM)
+    _check_choice("loss_on", c.loss_on, LOSS_ON)
+    _check_choice("precision", c.precision, PRECISIONS)
+    if c.mask_schedule is not None:
+        _check_choice("mask_schedule", c.mask_schedule, SCHEDULES)
+    if c.gamma_per is not None:
+        _check_choice("gamma_per", c.gamma_per, ("batch", "sample"))
+    if not isinstance(c.backbone, str) or not c.backbone:
+        raise ValueError(f"backbone must be a registry name; got {c.backbone!r}")
+    if not isinstance(c.backbone_kwargs, dict):
+        raise ValueError(f"backbone_kwargs must be a dict; got {type(c.backbone_kwargs).__name__}")
+    _check_range("eta", c.eta, 0.0, 1.0)
+    _check_range("rho", c.rho, 0.0, 1.0)
+    _check_range("loss_top", c.loss_top, 0.0, 1.0)
+    _check_range("tau", c.tau, 0.0, float("inf"), lo_open=True)
+    _check_range("alpha", c.alpha, 0.0, float("inf"))
+    _check_range("lam", c.lam, 0.0, float("inf"))
+    _check_range("lr", c.lr, 0.0, float("inf"), lo_open=True)
+    _check_range("weight_decay", c.weight_decay, 0.0, float("inf"))
+    _check_range("clip_grad", c.clip_grad, 0.0, float("inf"))
+    _check_range("align_weight", c.align_weight, 0.0, float("inf"))
+    if len(c.betas) != 2 or not all(0.0 <= b < 1.0 for b in c.betas):
+        raise ValueError(f"betas must be two numbers in [0, 1); got {c.betas!r}")
+    _check_range("pretrain_lr", c.pretrain_lr, 0.0, float("inf"), lo_open=True)
+    for key in ("max_steps", "pretrain_steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "image_size", "n_train"):
+        v = getattr(c, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{key} must be an integer >= 1; got {v!r}")
+    for key in ("warmup_steps", "i2t_micro", "n_qa_train", "eval_prompts", "eval_qa", "seed", "world_seed"):
+        v = getattr(c, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{key} must be an integer >= 0; got {v!r}")
+    if c.batch_size > c.n_train:
+        raise ValueError(f"batch_size ({c.batch_size}) must not exceed n_train ({c.n_train})")
+    if c.i2t_micro > 0 and c.lam > 0 and c.n_qa_train < c.batch_size:
+        raise ValueError(f"n_qa_train ({c.n_qa_train}) must be >= batch_size ({c.batch_size}) when I2T is on")
+    if not c.eval_seeds or not all(isinstance(s, int) for s in c.eval_seeds):
+        raise ValueError(f"eval_seeds must be a non-empty tuple of ints; got {c.eval_seeds!r}")
+
+
+# -----------------------------------------------------------------------------
+# presets
+
+# small runs fine-tune the shared "w/o SFT" base of their run store (segros.runs.ensure_base)
+SMALL = TrainConfig(init_from="auto")
+
+# Table 7, one column each, built from segros.paper.HYPERPARAMS (the one copy of the table).
+# The learning-rate schedule (linear warm-up, cosine decay) and "no decay on 1-D parameters"
+# follow Reca/Harmon (REFERENCES.md). Frozen-module names map onto parameter-name prefixes.
+FROZEN_PREFIXES = {None: (), "CLIP": ("clip",), "MLLM": ("mllm",)}
+
+
+def paper_overrides(key):
+    """TrainConfig fields for the Table 7 column ``key`` ("showo-256", ..., "openuni-3.6b")."""
+    from segros.paper import HYPERPARAMS
+
+    h = HYPERPARAMS[key]
+    return dict(backbone=key, lr=h.learning_rate, weight_decay=h.weight_decay, betas=tuple(h.betas),
+                max_steps=h.train_steps, warmup_steps=h.warmup_steps, batch_size=h.batch_size,
+                grad_accum=h.grad_accum, i2t_micro=h.grad_accum if h.lambda_i2t > 0 else 0,
+                eta=h.eta, rho=h.rho, lam=h.lambda_i2t, frozen=FROZEN_PREFIXES[h.frozen_modules])
+
+
+PAPER_KEYS = ("showo-256", "showo-512", "harmon-0.5b", "harmon-1.5b", "openuni-1.6b", "openuni-3.6b")
+# paper runs: full GenEval (553 prompts, 4 seeds), logging and checkpoints at GPU scale
+PAPER_COMMON = dict(precision="auto", init_from=None, eval_prompts=553, eval_seeds=(0, 1, 2, 3), eval_qa=0,
+                    n_train=100_000, n_qa_train=100_000, log_every=10, ckpt_every=500)
+
+PRESETS = {
+    "small": SMALL,
+    "small-showo": dataclasses.replace(SMALL, backbone="tiny-showo"),
+    "small-openuni": dataclasses.replace(SMALL, backbone="tiny-openuni", lam=0.0, i2t_micro=0),
+}
+for _key in PAPER_KEYS:
+    PRESETS[f"paper-{_key}"] = dataclasses.replace(SMALL, **{**PAPER_COMMON, **paper_overrides(_key)})
+
+
+def get_preset(name: str) -> TrainConfig:
+    """The preset ``name`` (a frozen TrainConfig)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
