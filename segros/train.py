@@ -265,9 +265,8 @@ def make_backbone(config: TrainConfig):
     except (KeyError, ValueError, TypeError, OSError, NotImplementedError, ImportError) as e:
         hint = ""
         if not config.backbone.startswith("tiny"):
-            hint = (f" The paper preset needs the real {config.backbone!r} adapter registered in "
-                    "segros.backbones, a local checkpoint (--set backbone_kwargs='{\"path\": \"...\"}') "
-                    "and a GPU" + ("" if torch.cuda.is_available() else " (none found here)") + ".")
+            hint = (" Paper presets run the real adapters on their official checkpoints, on a GPU"
+                    + ("" if torch.cuda.is_available() else " (none found here)") + ".")
         raise RuntimeError(f"cannot build backbone {config.backbone!r}: {e}.{hint}") from e
 
 

@@ -79,6 +79,51 @@ def build_tiny_harmon(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, 
 register("tiny-showo", build_tiny_showo)
 register("tiny-harmon", build_tiny_harmon)
 
+
+
+def _real(family: str, size: str):
+    """A builder for a paper backbone: the adapter with its official checkpoint loaded.
+
+    ``checkpoint`` (a local path or hub id) is required: a random-weight model at paper size is
+    never what a user means (tests build tiny random versions with ``build_harmon("tiny")`` etc.).
+    Harmon also takes ``vae_checkpoint`` and ``llm_path``; Show-o ``vq_checkpoint`` and ``llm_path``;
+    OpenUni ``mllm_path``. Everything else overrides the adapter's config.
+    """
+
+    def build(checkpoint: str | None = None, **cfg) -> Backbone:
+        if not checkpoint:
+            raise ValueError(
+                f"the {family}-{size} backbone needs its official checkpoint: pass "
+                f"--set backbone_kwargs='{{\"checkpoint\": \"/path/or/hub-id\"}}' (see README, real backbones)")
+        from . import checkpoints
+
+        if family == "harmon":
+            from .harmon import build_harmon
+
+            vae = cfg.pop("vae_checkpoint", None)
+            model = build_harmon(size, **cfg)
+            checkpoints.load_harmon(model, checkpoint, vae)
+        elif family == "showo":
+            from .showo import build_showo
+
+            vq = cfg.pop("vq_checkpoint", None)
+            model = build_showo(size, **cfg)
+            checkpoints.load_showo(model, checkpoint, vq)
+        else:
+            from .openuni import build_openuni
+
+            model = build_openuni(size, **cfg)
+            checkpoints.load_openuni(model, checkpoint)
+        return model
+
+    build.__name__ = f"build_{family}_{size.replace('.', '_')}"
+    return build
+
+
+for _family, _sizes in (("harmon", ("0.5b", "1.5b")), ("showo", ("256", "512")), ("openuni", ("1.6b", "3.6b"))):
+    for _size in _sizes:
+        register(f"{_family}-{_size}", _real(_family, _size))
+
 TINY_CLASSES = {"tiny-showo": TinyShowo, "tiny-harmon": TinyHarmon}
 
 
