@@ -3,6 +3,8 @@ and how much GenEval accuracy survives the tiny image tokenizers' round trip.
 
     .venv/bin/python benchmarks/bench_grounding_quality.py                 # both parts, defaults
     .venv/bin/python benchmarks/bench_grounding_quality.py --part grounding --steps 300
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_grounding_quality.py --part grounding \
+        --variants init align align+t2i+i2t --steps 200 --threads 1    # the issue-4 table
 
 Part "roundtrip": GenEval prompts (ShapesWorld.geneval_metadata) → ground-truth renders → scored
 by the shapes detector + GenEval rules, raw and after encode→decode by each image tokenizer.
@@ -10,7 +12,8 @@ by the shapes detector + GenEval rules, raw and after encode→decode by each im
 Part "grounding": for each family, the recall / precision (beside its ceiling) of the top-30%
 hints on eval-split scenes, per text_filter, for four models trained on the pretrain split:
 ``init`` (no training), ``t2i+i2t`` (base losses only, SFT masking, no alignment stage),
-``align`` (FILIP alignment loss only), ``align+t2i+i2t`` (the three summed). Same steps, batch
+``align`` (the alignment stage only: ``alignment_loss``, FILIP with a stop-gradient
+encoder and shared words left out, see segros/backbones/tiny_common.py), ``align+t2i+i2t`` (the three summed). Same steps, batch
 and learning rate for each; seeded.
 """
 

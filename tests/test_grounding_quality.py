@@ -111,3 +111,36 @@ def test_object_coverage_on_a_grid_that_does_not_divide_the_image():
                              image=scenes[0].image, caption="", geneval_caption="")
     cov = object_coverage(square, (6, 6))
     assert np.allclose(cov[:3, :3], 1.0) and np.allclose(cov[3:, :], 0.0)  # 32 px = exactly 3 cells of 64/6
+
+
+def test_alignment_stage_points_the_map_at_the_objects():
+    """Issue 4 item 3: a short alignment stage (tiny_common.alignment_loss) lifts the top-30% hint
+    recall of an untrained tiny-showo far above chance (≈ 0.28), with the paper's "both" filter."""
+    from segros.backbones import build_backbone
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # much faster on a shared CPU; restored below
+    try:
+        before, after = run_alignment_stage(build_backbone("tiny-showo"))
+    finally:
+        torch.set_num_threads(threads)
+    assert after["recall"] > 0.7 > before["recall"]
+    assert after["precision"] > 0.7 * after["ceiling"]
+
+
+def run_alignment_stage(model, steps=120, batch=32):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    world = ShapesWorld(seed=0)
+    scenes, evals = world.split("pretrain", 400), world.split("eval", 60)
+    before = grounding_quality(model, evals, eta=0.3, text_filter="both")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(scenes), (batch,), generator=g).tolist()
+        loss = model.alignment_loss(model.t2i_batch([scenes[i].image for i in idx], [scenes[i].caption for i in idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = grounding_quality(model, evals, eta=0.3, text_filter="both")
+    return before, after

@@ -240,3 +240,76 @@ def test_image_tokenizers_round_trip():
     assert not torch.allclose(fit_patch_autoencoder(img, 2, 8).decode(fit_patch_autoencoder(img, 2, 8).encode(img)), img, atol=1e-3)
     with pytest.raises(ValueError, match="images\\[1\\]"):
         images_to_pixels([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)])
+
+
+# ---- the alignment stage (issue 4 item 3; tiny_common module docstring) ----------------------
+
+def reference_alignment_loss(zt, zi, valid, shared, tau, weight):
+    """Loop version of the alignment stage on given embeddings, float64."""
+    zt = torch.nn.functional.normalize(zt.double(), dim=-1)
+    zi = torch.nn.functional.normalize(zi.double(), dim=-1)
+    b = zt.shape[0]
+    floor_terms = [max(float(zt[a, l] @ zi[c, n]), 0.0) ** 2
+                   for a in range(b) for l in range(zt.shape[1]) if shared[a, l]
+                   for c in range(b) for n in range(zi.shape[1])]
+    loss = weight * sum(floor_terms) / len(floor_terms) if floor_terms else 0.0
+    words = [[l for l in range(zt.shape[1]) if valid[a, l] and not shared[a, l]] for a in range(b)]
+    kept = [a for a in range(b) if words[a]]
+    t2i = torch.zeros(len(kept), len(kept), dtype=torch.float64)
+    i2t = torch.zeros(len(kept), len(kept), dtype=torch.float64)
+    for i, a in enumerate(kept):
+        for j, c in enumerate(kept):
+            sims = [[float(zt[a, l] @ zi[c, n]) for n in range(zi.shape[1])] for l in words[a]]
+            t2i[i, j] = sum(max(row) for row in sims) / len(words[a])
+            i2t[i, j] = sum(max(col) for col in zip(*sims)) / zi.shape[1]
+    target = torch.arange(len(kept))
+    ce = torch.nn.functional.cross_entropy
+    return loss + 0.5 * (float(ce(t2i / tau, target)) + float(ce(i2t.T / tau, target)))
+
+
+def test_shared_words_by_hand(models):
+    m = models["tiny-showo"]
+    ids = torch.tensor([[5, 6, 7, 0], [5, 8, 9, 9], [5, 6, 10, 0]])
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    # id 5 in 3/3 captions, id 6 in 2/3 (> 0.5), the rest in 1/3; padding is never shared
+    expected = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(m.shared_words(ids, valid), expected)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_alignment_loss_matches_loop_reference(models, world, name):
+    _, scenes = world
+    m = models[name].eval()
+    batch = t2i_batch(m, scenes[:4])
+    with torch.no_grad():
+        got = float(m.alignment_loss(batch))
+        zt = m.embed_text(batch["input_ids"])
+        zi = m.embed_image(batch["pixels"]).z_image
+    shared = m.shared_words(batch["input_ids"], batch["text_valid"])
+    assert shared.any() and (batch["text_valid"] & ~shared).any()
+    want = reference_alignment_loss(zt, zi, batch["text_valid"], shared, m.config.align_temperature,
+                                    m.config.align_shared_weight)
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_alignment_loss_does_not_train_the_encoder(models, world, name):
+    """Stop-gradient into the visual encoder; the projection and text embeddings get gradients."""
+    _, scenes = world
+    m = copy.deepcopy(models[name]).train()
+    m.alignment_loss(t2i_batch(m, scenes[:4])).backward()
+    encoder = m.hint_encoder if name == "tiny-showo" else m.mar_encoder
+    projector = m.mm_projector if name == "tiny-showo" else m.proj_in
+    assert all(p.grad is None for p in encoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
+    assert m.llm.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_alignment_loss_needs_two_captions(models, world):
+    _, scenes = world
+    m = models["tiny-harmon"]
+    batch = t2i_batch(m, scenes[:2])
+    batch["text_valid"] = batch["text_valid"].clone()
+    batch["text_valid"][1] = False
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        m.alignment_loss(batch)

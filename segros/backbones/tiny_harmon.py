@@ -27,6 +27,9 @@ Architecture (Harmon, §11 Eqs. 16–17 of the paper; wusize/Harmon, LTH14/mar):
   token is decoded per step); the tokens decoded at a step are sampled by DDIM (η = 0,
   ``diffusion_steps`` steps) with CFG ε = ε_u + g·(ε_c − ε_u) (constant guidance; MAR's linear CFG
   ramp and sampling temperature are not modelled).
+* The alignment stage (base pretraining, :meth:`TinyBackbone.alignment_loss`): FILIP between
+  the text input embeddings and ``proj_in`` of the encoder features taken without gradient
+  (:meth:`image_encoder_features` / :meth:`project_image_features`); see tiny_common.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class TinyHarmonConfig:
     max_text_len: int = 32
     cfg_drop_prob: float = 0.1
     align_temperature: float = 0.1
+    align_shared_frac: float = 0.5     # alignment stage: words in more captions carry no contrast
+    align_shared_weight: float = 1.0
     seed: int = 0
 
 
@@ -207,12 +212,19 @@ class TinyHarmon(TinyBackbone):
     def num_image_tokens(self) -> int:
         return self.target_grid_hw[0] * self.target_grid_hw[1]
 
-    def embed_image(self, pixels: torch.Tensor) -> VisualTokens:
-        """proj_in(MAR encoder, nothing masked), buffer tokens dropped (Harmon's hint features)."""
+    def image_encoder_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """MAR encoder output with nothing masked, buffer tokens dropped: [B, N, enc_dim]."""
         latents = self.autoencoder.encode(pixels)
         seen = torch.ones(latents.shape[:2], dtype=torch.bool)
-        x = self.proj_in(self.mar_encoder(latents, seen))
-        return VisualTokens(x[:, self.config.n_buffer:], self.hint_grid_hw)
+        return self.mar_encoder(latents, seen)[:, self.config.n_buffer:]
+
+    def project_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        """proj_in: per-token map of encoder features into the LLM width."""
+        return self.proj_in(features)
+
+    def embed_image(self, pixels: torch.Tensor) -> VisualTokens:
+        """proj_in(MAR encoder, nothing masked), buffer tokens dropped (Harmon's hint features)."""
+        return VisualTokens(self.project_image_features(self.image_encoder_features(pixels)), self.hint_grid_hw)
 
     def conditions(self, hints, input_ids, attention_mask, latents, seen) -> torch.Tensor:
         """z [B, N, enc_dim]: the diffusion head's per-token conditions given hints, text, visible latents."""

@@ -19,6 +19,9 @@ Architecture (Show-o, §11 Eq. 15 of the paper; showlab/Show-o):
   ``N·(1 − cos(π/2·(s+1)/S))``; the least confident newly sampled codes (log-prob plus Gumbel
   noise scaled by ``choice_temperature·(1 − (s+1)/S)``) are re-masked. CFG as in Show-o:
   ``(1 + g)·cond − g·uncond`` with the empty prompt as the unconditional branch.
+* The alignment stage (base pretraining, :meth:`TinyBackbone.alignment_loss`): FILIP between
+  the text input embeddings and ``mm_projector`` of the encoder features taken without gradient
+  (:meth:`image_encoder_features` / :meth:`project_image_features`); see tiny_common.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class TinyShowoConfig:
     max_text_len: int = 32
     cfg_drop_prob: float = 0.1
     align_temperature: float = 0.1
+    align_shared_frac: float = 0.5     # alignment stage: words in more captions carry no contrast
+    align_shared_weight: float = 1.0
     seed: int = 0                # init seed
 
 
@@ -107,9 +112,17 @@ class TinyShowo(TinyBackbone):
     def num_image_tokens(self) -> int:
         return self.target_grid_hw[0] * self.target_grid_hw[1]
 
+    def image_encoder_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The hint encoder's output [B, 36, hint_width] (before mm_projector)."""
+        return self.hint_encoder(pixels)
+
+    def project_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        """mm_projector: per-token map of encoder features into the LLM width."""
+        return self.mm_projector(features)
+
     def embed_image(self, pixels: torch.Tensor) -> VisualTokens:
         """mm_projector(hint encoder(pixels)) on the 6×6 hint grid (Show-o: mm_projector(CLIP))."""
-        return VisualTokens(self.mm_projector(self.hint_encoder(pixels)), self.hint_grid_hw)
+        return VisualTokens(self.project_image_features(self.image_encoder_features(pixels)), self.hint_grid_hw)
 
     def code_logits(self, hints, input_ids, attention_mask, image_ids) -> torch.Tensor:
         """Logits [B, N, K] over the codes at the image positions of [hints][text][image_ids]."""
