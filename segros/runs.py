@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import glob
 import os
 import random
 import shutil
@@ -214,6 +215,24 @@ def run(config: TrainConfig, runs_dir="runs", table="default", name=None, *, bac
     return results
 
 
+def find_finished(runs_dir, config: TrainConfig) -> str | None:
+    """The folder of a finished run with exactly ``config`` in any table of the store, or None.
+
+    Tables share runs: Table 3's η = 0.3 row is Table 1's SeGroS row, so it is trained once.
+    """
+    want = config_hash(config)
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "*", "results.json"))):
+        run_dir = os.path.dirname(path)
+        if os.path.basename(os.path.dirname(run_dir)) == "base":
+            continue
+        try:
+            if read_json(path).get("hash") == want:
+                return run_dir
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def base_config(config: TrainConfig) -> TrainConfig:
     """The "w/o SFT" base of ``config``: same backbone, world and batch; SFT-style pretraining.
 
@@ -225,7 +244,7 @@ def base_config(config: TrainConfig) -> TrainConfig:
         world_seed=config.world_seed, image_size=config.image_size, batch_size=config.batch_size,
         max_steps=config.pretrain_steps, lr=config.pretrain_lr, warmup_steps=min(20, config.pretrain_steps // 10),
         n_train=max(config.n_train, 1024), n_qa_train=max(config.n_qa_train, 1024), lam=1.0, i2t_micro=1,
-        grad_accum=1, align_weight=config.align_weight, pretrain_steps=config.pretrain_steps,
+        grad_accum=1, align_weight=config.align_weight, frozen=config.frozen, pretrain_steps=config.pretrain_steps,
         pretrain_lr=config.pretrain_lr, precision=config.precision, init_from=None, seed=0,
         eval_prompts=0, eval_qa=0, log_every=10, ckpt_every=50)
 

@@ -293,6 +293,8 @@ def train(config: TrainConfig, out, *, backbone=None, data=None, stage="finetune
             if base == "auto":  # the shared base of this run store: runs/<table>/<name> -> runs/base/...
                 base = runs.ensure_base(config, os.path.dirname(os.path.dirname(os.path.abspath(out))), progress)
             runs.load_weights(backbone, os.path.join(base, "model.safetensors"))
+    if config.method == "none":  # "w/o SFT": the start checkpoint, not trained further
+        return backbone
     final = os.path.join(out, "model.safetensors")
     if os.path.exists(final):
         runs.load_weights(backbone, final)

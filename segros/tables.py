@@ -1,0 +1,298 @@
+"""Which runs make up each of the paper's tables, at small scale and at paper scale.
+
+A table is a list of rows; a row is a label (the paper's row key in :mod:`segros.paper`) and the
+training-config overrides that produce it. ``method=None`` means "w/o SFT": the start checkpoint
+evaluated without fine-tuning. The notebooks call :func:`reproduce` with their parameters; every
+run goes through the run store (:mod:`segros.runs`), so a run one table needs and another table
+already made is reused, and ``papermill ... -p eta 0.3`` adds one row to Table 3.
+
+The paper runs every ablation (Tables 3–6, 9) on Harmon-0.5B and Table 8 on Harmon-1.5B (§4.4,
+Table 8 caption); at small scale they run on ``tiny-harmon``. Table 1 runs on every backbone of
+the preset (``tiny-harmon`` and ``tiny-showo`` at small scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import paper
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str                         # the paper's row key (segros.paper.rows(table))
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; method None = w/o SFT
+    sweep_value: Any = None            # the swept parameter's value, for notebooks that take -p
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str                          # "table3"
+    title: str
+    rows: tuple[Row, ...]
+    metric: str = "geneval"            # "geneval" (T2I) or "qa" (understanding, Table 2)
+    sweep: str | None = None           # the parameter a notebook may restrict with -p (e.g. "eta")
+    paper_columns: tuple[str, ...] = ("GenEval",)
+
+    def row(self, label: str) -> Row:
+        for r in self.rows:
+            if r.label == label:
+                return r
+        raise ValueError(f"{self.name}: no row {label!r}; rows are {[r.label for r in self.rows]}")
+
+    def select(self, values: Sequence[Any] | Any | None) -> tuple[Row, ...]:
+        """Rows whose sweep value is in ``values`` (all rows when ``values`` is None)."""
+        if values is None:
+            return self.rows
+        if self.sweep is None:
+            raise ValueError(f"{self.name} has no swept parameter")
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        known = [r.sweep_value for r in self.rows if r.sweep_value is not None]
+        unknown = [v for v in values if not any(_same(v, k) for k in known)]
+        if unknown:
+            raise ValueError(f"{self.sweep}: {unknown} not a row of {self.name}; choose from {known}")
+        # rows without a sweep value (w/o SFT, SFT) are reference rows and always belong
+        return tuple(r for r in self.rows
+                     if r.sweep_value is None or any(_same(v, r.sweep_value) for v in values))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) < 1e-9
+    return a == b
+
+
+_MAIN = (
+    Row("w/o SFT", {"method": None}),
+    Row("SFT", {"method": "sft"}),
+    Row("Reca", {"method": "reca"}),
+    Row("Ours", {"method": "segros"}),
+)
+
+TABLES: dict[str, TableSpec] = {
+    "table1": TableSpec("table1", "Table 1: text-to-image generation across UMMs", _MAIN,
+                        paper_columns=("Single", "Two", "Count", "Color", "Position", "Attr.", "GenEval")),
+    "table2": TableSpec("table2", "Table 2: does SeGroS keep image-to-text ability?", _MAIN, metric="qa",
+                        paper_columns=()),
+    "table3": TableSpec("table3", "Table 3: effect of the visual hint ratio η", tuple(
+        Row(f"{round(100 * e)}%", {"method": "segros", "eta": e}, e) for e in (0.0, 0.1, 0.3, 0.5, 0.8, 1.0)),
+        sweep="eta", paper_columns=("GenEval", "DPGBench")),
+    "table4": TableSpec("table4", "Table 4: text filtering affinity", tuple(
+        Row(label, {"method": "segros", "text_filter": f}, f) for label, f in
+        (("none", "none"), ("intra", "intra"), ("inter", "inter"), ("intra+inter", "both"))),
+        sweep="text_filter", paper_columns=("GenEval", "DPGBench")),
+    "table5": TableSpec("table5", "Table 5: visual hint and corrupted input", tuple(
+        Row(f"hint={h}, seen={s}", {"method": "segros", "hint_from": h, "seen_from": s}, f"{h}/{s}")
+        for h, s in (("bottom", "top"), ("bottom", "bottom"), ("top", "top"), ("top", "bottom"))),
+        sweep="hint_seen", paper_columns=("GenEval", "DPGBench")),
+    "table6": TableSpec("table6", "Table 6: supervision allocation (drop-loss)", (
+        # the backbone's own schedule: tiny-harmon's truncated normal has the support [0.7, 1.0)
+        # of the paper's U[0.7, 1.0), and the rows share their runs with Table 1
+        Row("SFT", {"method": "sft"}),
+        Row("Ours", {"method": "segros"}),
+        Row("Ours (drop-loss)", {"method": "segros", "loss_on": "top_masked"}),
+    ), paper_columns=("GenEval", "DPGBench")),
+    "table8": TableSpec("table8", "Table 8: noise scale α of the grounding map", (
+        Row("w/o SFT", {"method": None}),
+        Row("SFT", {"method": "sft"}),
+        Row("Ours (alpha=0)", {"method": "segros", "alpha": 0.0}, 0.0),
+        Row("Ours (alpha=0.5)", {"method": "segros", "alpha": 0.5}, 0.5),
+        Row("Ours (alpha=1.0)", {"method": "segros", "alpha": 1.0}, 1.0),
+    ), sweep="alpha", paper_columns=("GenEval", "DPGBench")),
+    "table9": TableSpec("table9", "Table 9: hint redundancy and transfer of the map to Reca", (
+        Row("Standard T2I", {"method": "sft"}),
+        Row("Reca", {"method": "reca"}),
+        Row("Reca + SeGroS hint filtering", {"method": "reca_hint_filter", "eta": 0.3}),
+        Row("Ours (SeGroS)", {"method": "segros", "eta": 0.3}),
+    ), paper_columns=("GenEval", "DPG")),
+}
+
+#: the shapes-world metric that stands in for the paper's column
+SMALL_METRIC = {"GenEval": "overall", "Single": "single_object", "Two": "two_object", "Count": "counting",
+                "Color": "colors", "Position": "position", "Attr.": "color_attr"}
+
+
+def get_table(name: str) -> TableSpec:
+    if name not in TABLES:
+        raise ValueError(f"table: unknown {name!r}; choose from {sorted(TABLES)}")
+    return TABLES[name]
+
+
+def summarize(long: pd.DataFrame, value_columns: Sequence[str], by: str = "row",
+              order: Sequence[str] | None = None, decimals: int = 1) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of each value column, one line per row.
+
+    ``long`` has one line per run (columns ``row``, ``seed`` and the values). Returns columns
+    ``<col>`` (mean), ``<col> sd`` and ``n`` (runs), rounded so printed tables compare exactly.
+    """
+    if long.empty:
+        return pd.DataFrame(columns=[*value_columns, *(f"{c} sd" for c in value_columns), "n"])
+    g = long.groupby(by, sort=False)
+    out = pd.DataFrame({c: g[c].mean() for c in value_columns})
+    for c in value_columns:
+        out[f"{c} sd"] = g[c].std(ddof=1) if g.size().max() > 1 else np.nan
+    out["n"] = g.size()
+    if order is not None:
+        out = out.reindex([o for o in order if o in out.index])
+    out.index.name = by
+    return out.round(decimals)
+
+
+def paper_frame(name: str, backbone: str | None = None) -> pd.DataFrame:
+    """The paper's rows of a table, with Table 1's backbone prefix removed when one is given."""
+    df = paper.table(name)
+    if name == "table1":
+        if backbone is None:
+            raise ValueError("backbone: Table 1 needs the paper backbone to compare with, e.g. 'Harmon-0.5B'")
+        prefix = f"{backbone} / "
+        df = df[[i.startswith(prefix) for i in df.index]]
+        df.index = [i[len(prefix):].replace("SFT*", "SFT") for i in df.index]
+    df.index.name = "row"
+    return df
+
+
+# ----------------------------------------------------------------------------- running a table
+def row_config(spec: TableSpec, row: Row, preset: str = "small", seed: int = 0, **overrides):
+    """The TrainConfig of one cell: the preset, the notebook's overrides, then the row's switches."""
+    from .presets import get_preset
+
+    fields = {**overrides, **row.overrides}
+    fields["method"] = fields.get("method") or "none"
+    if fields["method"] == "none":
+        seed = 0  # the start checkpoint does not depend on the fine-tuning seed
+    return get_preset(preset).replace(**fields, seed=seed)
+
+
+def _metrics(results: dict, metric: str) -> dict[str, float]:
+    if metric == "qa":
+        return {f"qa_{k}": float(v) for k, v in results.get("qa", {}).items() if isinstance(v, (int, float))}
+    g = results.get("geneval", {})
+    return {k: float(v) for k, v in g.items() if isinstance(v, (int, float)) and k != "n_images"}
+
+
+def reproduce(table: str, preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_dir: str = "runs",
+              values: Any = None, run_missing: bool = True, progress: bool = True, **overrides) -> pd.DataFrame:
+    """Train/evaluate the rows of ``table`` that are missing from the store; return every row it holds.
+
+    ``values`` restricts the rows to run (a notebook's ``-p eta 0.3``); the returned long table
+    still holds every row of the table that the store has for this preset and these seeds, so
+    one papermill call adds one row and the notebook shows the whole table so far. One line per
+    run: ``row``, ``seed``, ``run`` (its folder) and the metrics (GenEval tags + ``overall`` in
+    percent, or ``qa_*`` for Table 2).
+    """
+    from . import runs
+
+    spec = get_table(table)
+    wanted = {r.label for r in spec.select(values)}
+    records = []
+    for row in spec.rows:
+        for seed in dict.fromkeys(seeds if row.overrides.get("method") else seeds[:1]):
+            config = row_config(spec, row, preset, seed, **overrides)
+            run_dir = runs.find_finished(runs_dir, config)
+            if run_dir is not None:
+                results = runs.read_json(f"{run_dir}/results.json")
+            elif run_missing and row.label in wanted:
+                results = runs.run(config, runs_dir, table, progress=progress)
+                run_dir = runs.find_finished(runs_dir, config)
+            else:
+                continue
+            records.append({"row": row.label, "seed": seed, "run": run_dir, **_metrics(results, spec.metric)})
+    return pd.DataFrame(records)
+
+
+def paper_vs_small(table: str, long: pd.DataFrame, backbone: str | None = None,
+                   small_metric: str = "overall") -> pd.DataFrame:
+    """The table as the notebooks print it: the paper's GenEval beside the small-scale mean ± sd."""
+    spec = get_table(table)
+    order = [r.label for r in spec.rows]
+    ours = summarize(long, [small_metric], order=order) if not long.empty else pd.DataFrame()
+    paper_df = paper_frame(table, backbone)
+    col = "GenEval"
+    out = pd.DataFrame(index=pd.Index(order, name="row"))
+    if col in paper_df.columns:
+        out["paper GenEval"] = paper_df[col].reindex(order)
+    out["small mean"] = ours[small_metric].reindex(order) if small_metric in ours else np.nan
+    out["small sd"] = ours[f"{small_metric} sd"].reindex(order) if f"{small_metric} sd" in ours else np.nan
+    out["runs"] = ours["n"].reindex(order) if "n" in ours else 0
+    out["runs"] = out["runs"].fillna(0).astype(int)
+    return out
+
+
+# ----------------------------------------------------------------------------- the honest summary
+@dataclass(frozen=True)
+class SmallClaim:
+    id: str
+    sentence: str
+    table: str
+    row: str                   # the row the paper says wins
+    others: tuple[str, ...]    # the rows it should beat
+    paper_backbone: str | None = None  # Table 1 only
+
+
+CLAIMS: tuple[SmallClaim, ...] = (
+    SmallClaim("segros_beats_sft", "SeGroS beats SFT (Table 1, Harmon-0.5B)", "table1", "Ours", ("SFT",), "Harmon-0.5B"),
+    SmallClaim("segros_beats_reca", "SeGroS beats Reca (Table 1, Harmon-0.5B)", "table1", "Ours", ("Reca",), "Harmon-0.5B"),
+    SmallClaim("eta_0.3_beats_0_and_1", "η = 0.3 beats η = 0 and η = 1.0 (Table 3)", "table3", "30%", ("0%", "100%")),
+    SmallClaim("top_hint_bottom_seen_best", "Top hints with bottom-visible is the best of Table 5", "table5",
+               "hint=top, seen=bottom", ("hint=bottom, seen=top", "hint=bottom, seen=bottom", "hint=top, seen=top")),
+    SmallClaim("both_filters_beat_one", "Both text filters beat either one (Table 4)", "table4", "intra+inter",
+               ("intra", "inter")),
+    SmallClaim("alpha_0.5_beats_0_and_1", "α = 0.5 beats α = 0 and α = 1.0 (Table 8)", "table8", "Ours (alpha=0.5)",
+               ("Ours (alpha=0)", "Ours (alpha=1.0)")),
+    SmallClaim("drop_loss_keeps_gain", "Drop-loss (loss on the top-30% only) still beats SFT (Table 6)", "table6",
+               "Ours (drop-loss)", ("SFT",)),
+)
+
+
+def verdict(diffs: Sequence[tuple[float, float]]) -> str:
+    """'reproduces' when every mean difference is positive by more than one standard error,
+    'does not reproduce' when one is negative by more than one standard error, else 'within noise'."""
+    if not diffs:
+        return "not run"
+    if all(d > se for d, se in diffs):
+        return "reproduces"
+    if any(d < -se for d, se in diffs):
+        return "does not reproduce"
+    return "within noise"
+
+
+def claims_table(preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_dir: str = "runs",
+                 metric: str = "overall") -> pd.DataFrame:
+    """Each headline claim: the paper's GenEval numbers, the small-scale mean ± sd over seeds, a verdict.
+
+    Reads the store only (nothing is trained). The standard error of a difference of two means is
+    sqrt(sd_a²/n_a + sd_b²/n_b); with one run a side it is 0 and the verdict is the sign alone.
+    """
+    lines = []
+    for c in CLAIMS:
+        long = reproduce(c.table, preset=preset, seeds=seeds, runs_dir=runs_dir, run_missing=False)
+        stats = {}
+        if not long.empty:
+            g = long.groupby("row")[metric]
+            stats = {r: (g.mean()[r], g.std(ddof=1)[r] if g.size()[r] > 1 else 0.0, int(g.size()[r])) for r in g.size().index}
+        pf = paper_frame(c.table, c.paper_backbone)
+        pcol = "GenEval"
+        paper_txt = f"{pf.loc[c.row, pcol]:g} vs " + ", ".join(f"{pf.loc[o, pcol]:g}" for o in c.others)
+
+        def fmt(r):
+            if r not in stats:
+                return "–"
+            m, sd, n = stats[r]
+            return f"{m:.1f} ± {sd:.1f}" if n > 1 else f"{m:.1f}"
+
+        small_txt = f"{fmt(c.row)} vs " + ", ".join(fmt(o) for o in c.others)
+        diffs = []
+        if c.row in stats and all(o in stats for o in c.others):
+            m, sd, n = stats[c.row]
+            for o in c.others:
+                mo, sdo, no = stats[o]
+                diffs.append((m - mo, float(np.sqrt(sd ** 2 / n + sdo ** 2 / no))))
+        v = verdict(diffs)
+        n_runs = min([stats[r][2] for r in (c.row, *c.others) if r in stats], default=0)
+        lines.append({"claim": c.sentence, "paper GenEval": paper_txt, "small GenEval (mean ± sd)": small_txt,
+                      "seeds": n_runs, "at small scale": v})
+    return pd.DataFrame(lines).set_index("claim")
