@@ -4,8 +4,9 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.segros-installed
-# where `make reproduce` trains: a fresh run store, so every number is recomputed
-RUNS   ?= out/runs
+# the run store `make reproduce` reads and fills: `runs` (committed) reuses every finished run;
+# `make reproduce RUNS=out/runs` starts from an empty store and recomputes everything
+RUNS   ?= runs
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
 .PHONY: install test test-fast reproduce lab bench clean
@@ -30,7 +31,7 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest tests -q -m "not slow"
 
-## run every notebook at its small defaults with papermill (fresh run store) and rebuild figures/
+## run every notebook at its small defaults with papermill and rebuild figures/
 reproduce: install
 	@mkdir -p out/notebooks
 	@for nb in $(NOTEBOOKS); do \

@@ -296,3 +296,22 @@ def claims_table(preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_d
         lines.append({"claim": c.sentence, "paper GenEval": paper_txt, "small GenEval (mean ± sd)": small_txt,
                       "seeds": n_runs, "at small scale": v})
     return pd.DataFrame(lines).set_index("claim")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m segros.tables [--runs-dir runs] [--preset small]``: the claims table as markdown."""
+    import argparse
+
+    from .viz import to_markdown
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args(argv)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    print(to_markdown(claims_table(args.preset, seeds, args.runs_dir)), end="")
+
+
+if __name__ == "__main__":
+    main()
