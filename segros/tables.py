@@ -201,6 +201,9 @@ def reproduce(table: str, preset: str = "small", seeds: Sequence[int] = (0, 1, 2
             else:
                 continue
             records.append({"row": row.label, "seed": seed, "run": run_dir, **_metrics(results, spec.metric)})
+    if not records:  # an empty store still gives the table's columns
+        cols = ["row", "seed", "run"] + (["qa_overall"] if spec.metric == "qa" else list(SMALL_METRIC.values()))
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("row", "run") else float) for c in cols})
     return pd.DataFrame(records)
 
 
