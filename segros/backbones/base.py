@@ -60,6 +60,26 @@ import torch
 from torch import nn
 
 
+def resize_to_pixels(images: Sequence[Any], size: int) -> torch.Tensor:
+    """PIL images or uint8 arrays [H, W, 3] -> pixels [B, 3, size, size] in [0, 1] (bicubic, RGB).
+
+    The real families' ``preprocess_images``; normalisation (CLIP / ImageNet statistics) is left
+    to the encoder that needs it.
+    """
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for i, im in enumerate(images):
+        if isinstance(im, np.ndarray):
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError(f"images[{i}] must be uint8 [H, W, 3], got {im.dtype} {im.shape}")
+            im = Image.fromarray(im)
+        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
+
+
 @dataclass
 class VisualTokens:
     """LLM-space visual tokens and the grid they lie on (raster order, row-major)."""

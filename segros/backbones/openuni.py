@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segros.attention import segros_attention_mask
-from segros.backbones.base import Backbone, VisualTokens
+from segros.backbones.base import Backbone, VisualTokens, resize_to_pixels
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
@@ -268,17 +268,7 @@ class OpenUni(Backbone):
 
     # ---- data ----------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
-        from PIL import Image
-
-        out = []
-        for i, im in enumerate(images):
-            if isinstance(im, np.ndarray):
-                if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-                    raise ValueError(f"images[{i}] must be uint8 [H, W, 3], got {im.dtype} {im.shape}")
-                im = Image.fromarray(im)
-            im = im.convert("RGB").resize((self.cfg.image_size, self.cfg.image_size), Image.BICUBIC)
-            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
-        return torch.stack(out)
+        return resize_to_pixels(images, self.cfg.image_size)
 
     def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """OpenUni's prompt: chat template around "Generate an image: {text}", then ``<img>``."""

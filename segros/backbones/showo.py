@@ -58,7 +58,7 @@ from torch import nn
 
 from segros.attention import segros_attention_mask
 from segros.backbones._mar import VAEDecoder, VAEEncoder
-from segros.backbones.base import Backbone, VisualTokens
+from segros.backbones.base import Backbone, VisualTokens, resize_to_pixels
 
 SPECIAL_TOKENS = ["<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>",
                   "<|lvg|>", "<|pad|>"]
@@ -337,17 +337,7 @@ class Showo(Backbone):
 
     # ---- data ----------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
-        from PIL import Image
-
-        out = []
-        for i, im in enumerate(images):
-            if isinstance(im, np.ndarray):
-                if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-                    raise ValueError(f"images[{i}] must be uint8 [H, W, 3], got {im.dtype} {im.shape}")
-                im = Image.fromarray(im)
-            im = im.convert("RGB").resize((self.cfg.resolution, self.cfg.resolution), Image.BICUBIC)
-            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
-        return torch.stack(out)
+        return resize_to_pixels(images, self.cfg.resolution)
 
     def _words(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
