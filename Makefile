@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.segros-installed
 RUNS   ?= runs
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: install test test-fast reproduce lab bench clean
+.PHONY: install test test-fast reproduce notebooks lab bench clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ reproduce: install
 	  $(BIN)/python -m papermill --cwd notebooks -k python3 "$$nb" "out/$$nb" -p runs_dir "../$(RUNS)" || exit 1; \
 	done
 	@echo "figures written to figures/; executed notebooks in out/notebooks/"
+
+## maintainers: re-execute the committed notebooks in place (their outputs are nbval's reference)
+notebooks: install
+	$(BIN)/python -m segros.notebooks $(NOTEBOOKS)
 
 lab: install
 	$(BIN)/jupyter lab notebooks
