@@ -9,8 +9,12 @@ The package is thin on purpose: one module per concept of the paper.
 - :mod:`segros.backbones`   — one protocol, tiny and real Show-o / Harmon / OpenUni families
 - :mod:`segros.data`        — the offline shapes world and image-text datasets
 - :mod:`segros.eval`        — GenEval rules, benchmark layouts, the shapes-world detector
-- :mod:`segros.train`, :mod:`segros.runs` — the training loop, presets (Table 7) and run store
+- :mod:`segros.train`, :mod:`segros.presets` — the accelerate loop; ``small`` and Table 7 presets
+- :mod:`segros.runs`        — the run store: one folder per run, reuse and exact resume
+- :mod:`segros.evaluate`    — generate GenEval-layout images and score them; QA accuracy
+- :mod:`segros.tables`      — which runs make each paper table; the claims summary
 - :mod:`segros.paper`       — every number the paper reports, as data
+- :mod:`segros.viz`, :mod:`segros.notebooks` — figures/tables for the notebooks; notebook hygiene
 """
 
 __version__ = "0.1.0"
