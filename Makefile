@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.segros-installed
 RUNS   ?= runs
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: install test test-fast reproduce notebooks lab bench clean
+.PHONY: install test test-fast reproduce notebooks lab clean
 
 install: $(STAMP)
 
@@ -46,9 +46,6 @@ notebooks: install
 
 lab: install
 	$(BIN)/jupyter lab notebooks
-
-bench: install
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf out .pytest_cache
