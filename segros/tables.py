@@ -251,15 +251,21 @@ CLAIMS: tuple[SmallClaim, ...] = (
 )
 
 
-def verdict(diffs: Sequence[tuple[float, float]]) -> str:
-    """'reproduces' when every mean difference is positive by more than one standard error,
-    'does not reproduce' when one is negative by more than one standard error, else 'within noise'."""
+def verdict(diffs: Sequence[tuple[float, float]], k: float = 2.0) -> str:
+    """How a small-scale comparison reads, from (mean difference, its standard error) pairs.
+
+    "reproduces" needs every difference above ``k`` standard errors (k = 2: roughly a 95% one-sided
+    normal test, generous with 3 seeds); "contradicted" needs one below −k SE. Otherwise the
+    numbers are noise, and the label says whether they at least point the paper's way.
+    """
     if not diffs:
         return "not run"
-    if all(d > se for d, se in diffs):
+    if all(d > k * se for d, se in diffs):
         return "reproduces"
-    if any(d < -se for d, se in diffs):
-        return "does not reproduce"
+    if any(d < -k * se for d, se in diffs):
+        return "contradicted"
+    if all(d > 0 for d, _ in diffs):
+        return "same direction, within noise"
     return "within noise"
 
 

@@ -71,9 +71,10 @@ def test_reproduce_reads_every_row_the_store_holds_across_tables(tmp_path):
 
 
 def test_claim_verdicts(tmp_path):
-    assert tables.verdict([(2.0, 1.0), (3.0, 0.5)]) == "reproduces"
-    assert tables.verdict([(2.0, 1.0), (-3.0, 0.5)]) == "does not reproduce"
-    assert tables.verdict([(0.5, 1.0)]) == "within noise"
+    assert tables.verdict([(2.5, 1.0), (3.0, 0.5)]) == "reproduces"
+    assert tables.verdict([(2.5, 1.0), (-3.0, 0.5)]) == "contradicted"
+    assert tables.verdict([(1.5, 1.0), (3.0, 0.5)]) == "same direction, within noise"
+    assert tables.verdict([(0.5, 1.0), (-0.1, 0.5)]) == "within noise"
     assert tables.verdict([]) == "not run"
     store = str(tmp_path)
     t1 = tables.get_table("table1")
