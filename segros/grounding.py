@@ -113,15 +113,23 @@ def normalize_text(z_text, valid, dtype):
     return torch.where(valid[..., None], z_hat, torch.zeros((), dtype=dtype, device=z.device))
 
 
+#: relative span under which a score vector counts as constant (fp32 rounding is ~1e-7 relative)
+MINMAX_RTOL = 1e-5
+
+
 def minmax(s, valid):
     """Per-sample min–max over ``valid`` entries of s [B, K] (Eq. 7's s̃, Eq. 11's m̄).
 
-    Constant vectors (max = min) and samples with no valid entry give zeros; invalid entries are 0.
+    Constant vectors and samples with no valid entry give zeros; invalid entries are 0. "Constant"
+    allows rounding: a span below ``MINMAX_RTOL`` × max(|min|, |max|) is rounding noise (e.g. the
+    same scores summed in another order because padding moved them), and stretching it to [0, 1]
+    would turn that noise into a ranking.
     """
     lo = s.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)
     hi = s.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
     span = hi - lo
-    ok = torch.isfinite(span) & (span > 0)
+    scale = torch.maximum(lo.abs(), hi.abs())
+    ok = torch.isfinite(span) & (span > MINMAX_RTOL * scale)
     out = (s - torch.where(ok, lo, torch.zeros_like(lo))) / torch.where(ok, span, torch.ones_like(span))
     out = torch.where(ok, out, torch.zeros_like(out))
     return out.masked_fill(~valid, 0.0)

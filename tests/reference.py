@@ -66,7 +66,7 @@ def minmax(values):
     if not values:
         return []
     lo, hi = min(values), max(values)
-    if hi - lo <= 0:
+    if hi - lo <= 1e-5 * max(abs(lo), abs(hi)):  # constant up to rounding (the package's MINMAX_RTOL)
         return [0.0] * len(values)
     return [(v - lo) / (hi - lo) for v in values]
 
