@@ -36,7 +36,7 @@ reproduce: install
 	@mkdir -p out/notebooks
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
-	  $(BIN)/python -m papermill --cwd notebooks -k python3 "$$nb" "out/$$nb" -p runs_dir "../$(RUNS)" || exit 1; \
+	  $(BIN)/python -m papermill --cwd notebooks -k python3 "$$nb" "out/$$nb" -p runs_dir "$(RUNS)" || exit 1; \
 	done
 	@echo "figures written to figures/; executed notebooks in out/notebooks/"
 

@@ -12,6 +12,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+def project_root(start: str | Path | None = None) -> Path:
+    """The checkout the notebooks belong to: the nearest folder at or above ``start`` (default:
+    the working directory) holding ``pyproject.toml`` and ``notebooks/``; else the folder above
+    the installed package."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return Path(__file__).resolve().parents[1]
+
+
+def project_path(path: str | Path) -> str:
+    """A notebook's ``runs_dir`` / ``figures_dir``: absolute paths stay, relative ones are taken
+    from the project root, so ``papermill notebooks/x.ipynb ...`` works from any folder."""
+    path = Path(path)
+    return str(path if path.is_absolute() else project_root() / path)
+
+
 VOLATILE_NOTEBOOK_KEYS = ("papermill", "language_info", "widgets")
 VOLATILE_CELL_KEYS = ("papermill", "execution")
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}

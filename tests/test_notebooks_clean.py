@@ -44,3 +44,11 @@ def test_strip_removes_volatile_metadata(tmp_path):
     assert "papermill" not in out["metadata"] and out["metadata"]["kernelspec"]["name"] == "python3"
     assert "execution" not in out["cells"][0]["metadata"]
     assert [o["name"] for o in out["cells"][0]["outputs"]] == ["stdout"]
+
+
+def test_project_path_resolves_from_any_folder(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    for cwd in (root, root / "notebooks", root / "segros" / "backbones"):
+        monkeypatch.chdir(cwd)
+        assert notebooks.project_path("runs") == str(root / "runs")
+    assert notebooks.project_path(str(tmp_path)) == str(tmp_path)  # absolute paths stay
