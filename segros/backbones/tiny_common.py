@@ -63,6 +63,25 @@ from segros.data.image_tokenizer import images_to_pixels, pixels_to_uint8
 from segros.data.tokenizer import load_text_tokenizer, save_text_tokenizer
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyConfig:
+    """Fields both tiny families share: the LLM's size, the text length, CFG dropout, the
+    alignment stage and the init seed. Each family's config adds its image path."""
+
+    image_size: int = 64         # pixels of the reconstruction path
+    patch: int = 8               # -> 8×8 target grid
+    width: int = 128             # D, the LLM width text and visual tokens share
+    layers: int = 3
+    heads: int = 4
+    intermediate: int = 512
+    max_text_len: int = 32
+    cfg_drop_prob: float = 0.1   # prompts dropped in training, so CFG has an unconditional branch
+    align_temperature: float = 0.1
+    align_shared_frac: float = 0.5     # alignment stage: words in more captions carry no contrast
+    align_shared_weight: float = 1.0
+    seed: int = 0                # init seed
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

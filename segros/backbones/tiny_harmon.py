@@ -43,34 +43,22 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segros.backbones.base import VisualTokens
-from segros.backbones.tiny_common import TinyBackbone, check_batch
+from segros.backbones.tiny_common import TinyBackbone, TinyConfig, check_batch
 from segros.data.image_tokenizer import PatchPCAAutoencoder
 from segros.objectives import DiffusionSchedule, diffusion_mse
 
 
 @dataclass(frozen=True)
-class TinyHarmonConfig:
-    image_size: int = 64
-    patch: int = 8               # -> 8×8 latent grid
+class TinyHarmonConfig(TinyConfig):
     latent_channels: int = 16    # C (KL-16 has 16)
     enc_dim: int = 96            # MAR encoder/decoder width
     enc_layers: int = 1
     dec_layers: int = 1
     n_buffer: int = 4
-    width: int = 128             # D
-    layers: int = 3
-    heads: int = 4
-    intermediate: int = 512
     diff_width: int = 128
     diff_depth: int = 2
     diff_num_samples: int = 4
     diff_train_steps: int = 1000
-    max_text_len: int = 32
-    cfg_drop_prob: float = 0.1
-    align_temperature: float = 0.1
-    align_shared_frac: float = 0.5     # alignment stage: words in more captions carry no contrast
-    align_shared_weight: float = 1.0
-    seed: int = 0
 
 
 def transformer(dim: int, depth: int) -> nn.TransformerEncoder:

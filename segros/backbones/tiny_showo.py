@@ -36,29 +36,17 @@ from torch import nn
 from transformers import PhiConfig, PhiForCausalLM
 
 from segros.backbones.base import VisualTokens
-from segros.backbones.tiny_common import TinyBackbone, check_batch
+from segros.backbones.tiny_common import TinyBackbone, TinyConfig, check_batch
 from segros.data.image_tokenizer import PatchKMeansTokenizer
 
 
 @dataclass(frozen=True)
-class TinyShowoConfig:
-    image_size: int = 64         # pixels of the code path
-    patch: int = 8               # code patch -> 8×8 code grid
-    num_codes: int = 256         # K
+class TinyShowoConfig(TinyConfig):
+    num_codes: int = 256         # K, the k-means codebook on 8×8 patches
     hint_image_size: int = 48    # pixels of the CLIP-like path
     hint_patch: int = 8          # -> 6×6 hint grid
     hint_width: int = 96
     hint_layers: int = 1
-    width: int = 128             # D
-    layers: int = 3
-    heads: int = 4
-    intermediate: int = 512
-    max_text_len: int = 32
-    cfg_drop_prob: float = 0.1
-    align_temperature: float = 0.1
-    align_shared_frac: float = 0.5     # alignment stage: words in more captions carry no contrast
-    align_shared_weight: float = 1.0
-    seed: int = 0                # init seed
 
 
 class HintEncoder(nn.Module):
