@@ -215,22 +215,28 @@ def run(config: TrainConfig, runs_dir="runs", table="default", name=None, *, bac
     return results
 
 
-def find_finished(runs_dir, config: TrainConfig) -> str | None:
-    """The folder of a finished run with exactly ``config`` in any table of the store, or None.
-
-    Tables share runs: Table 3's η = 0.3 row is Table 1's SeGroS row, so it is trained once.
-    """
-    want = config_hash(config)
+def index_finished(runs_dir) -> dict[str, str]:
+    """Config hash -> folder of every finished run in any table of the store (bases excluded)."""
+    index = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "*", "results.json"))):
         run_dir = os.path.dirname(path)
         if os.path.basename(os.path.dirname(run_dir)) == "base":
             continue
         try:
-            if read_json(path).get("hash") == want:
-                return run_dir
-        except (OSError, ValueError):
+            index.setdefault(read_json(path)["hash"], run_dir)
+        except (OSError, ValueError, KeyError):
             continue
-    return None
+    return index
+
+
+def find_finished(runs_dir, config: TrainConfig, index: dict[str, str] | None = None) -> str | None:
+    """The folder of a finished run with exactly ``config`` in any table of the store, or None.
+
+    Tables share runs: Table 3's η = 0.3 row is Table 1's SeGroS row, so it is trained once.
+    Pass an :func:`index_finished` result to look up many configs with one scan of the store.
+    """
+    index = index_finished(runs_dir) if index is None else index
+    return index.get(config_hash(config))
 
 
 def base_config(config: TrainConfig) -> TrainConfig:

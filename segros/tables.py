@@ -188,16 +188,17 @@ def reproduce(table: str, preset: str = "small", seeds: Sequence[int] = (0, 1, 2
 
     spec = get_table(table)
     wanted = {r.label for r in spec.select(values)}
+    index = runs.index_finished(runs_dir)  # one scan of the store for every row and seed
     records = []
     for row in spec.rows:
         for seed in dict.fromkeys(seeds if row.overrides.get("method") else seeds[:1]):
             config = row_config(spec, row, preset, seed, **overrides)
-            run_dir = runs.find_finished(runs_dir, config)
+            run_dir = runs.find_finished(runs_dir, config, index)
             if run_dir is not None:
                 results = runs.read_json(f"{run_dir}/results.json")
             elif run_missing and row.label in wanted:
                 results = runs.run(config, runs_dir, table, progress=progress)
-                run_dir = runs.find_finished(runs_dir, config)
+                run_dir = f"{runs_dir}/{table}/{results['name']}"
             else:
                 continue
             records.append({"row": row.label, "seed": seed, "run": run_dir, **_metrics(results, spec.metric)})
