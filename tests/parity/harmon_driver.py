@@ -8,17 +8,11 @@ two torchvision registration modules that fail to import beside a CPU torch.
 """
 
 import sys
-import types
 
 import torch
 
 
-def _stub(name, **attrs):
-    mod = types.ModuleType(name)
-    for k, v in attrs.items():
-        setattr(mod, k, v)
-    sys.modules[name] = mod
-    return mod
+from driver_common import stub as _stub, stub_torchvision_registrations  # noqa: E402
 
 
 class _Registry:
@@ -31,8 +25,7 @@ class _Registry:
 
 _stub("mmengine")
 _stub("mmengine.registry", Registry=_Registry)
-_stub("torchvision._meta_registrations")
-_stub("torchvision._autograd_registrations")
+stub_torchvision_registrations()
 
 from torch import nn  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
