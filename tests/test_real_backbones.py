@@ -468,7 +468,9 @@ def test_showo_real_shapes_on_meta():
     for k, shape in SHOWO_REAL_SHAPES.items():
         assert tuple(sd[k].shape) == shape, k
     assert model.cfg.vocab_size == 58498 and model.mask_id == 58497
-    assert model.code_offset == 50305 and model.special_id("<|soi|>") == 50295
+    # UniversalPrompting: [PAD] = 50295 first, then <|soi|> = 50296 ... <|lvg|> = 50304
+    assert model.code_offset == 50305 and model.special_id("<|pad|>") == 50295
+    assert model.special_id("<|soi|>") == 50296 and model.special_id("<|mmu|>") == 50301
     assert model.hint_grid_hw == (24, 24) and model.target_grid_hw == (32, 32)
     assert (model.cfg.guidance_scale, model.cfg.num_steps) == (5.0, 50)
     with torch.device("meta"):
@@ -541,12 +543,113 @@ def test_showo_i2t_and_generate(showo):
     assert showo.generate(["a blue square"], seed=0, num_steps=2)[0].size == (64, 64)
 
 
-def test_showo_tokenize_prompts_layout(showo, tok):
+def test_showo_tokenize_prompts_layout(showo):
+    # UniversalPrompting.t2i_gen_prompt: [pad ...][t2i][bos] words [eos], LEFT-padded to 1 + max_text_len
     out = showo.tokenize_prompts(["a red circle", ""])
-    assert out["input_ids"].shape == (2, 1 + showo.cfg.max_text_len)
-    assert out["input_ids"][0, 0] == showo.special_id("<|t2i|>")
-    assert tok.decode(out["input_ids"][0][out["text_valid"][0]].tolist()).split() == ["a", "red", "circle"]
-    assert out["attention_mask"][1].sum() == 3 and not out["text_valid"][1].any()
+    ids, att = out["input_ids"], out["attention_mask"]
+    length = 1 + showo.cfg.max_text_len
+    assert ids.shape == (2, length)
+    tok = showo.tokenizer
+    words = tok.encode("a red circle", add_special_tokens=False)
+    row = [showo.special_id("<|t2i|>"), tok.bos_token_id, *words, tok.eos_token_id]
+    assert ids[0, -len(row):].tolist() == row and att[0].tolist() == [0] * (length - len(row)) + [1] * len(row)
+    assert (ids[0, :length - len(row)] == showo.special_id("<|pad|>")).all()
+    assert ids[0][out["text_valid"][0]].tolist() == words
+    assert ids[1, -3:].tolist() == [showo.special_id("<|t2i|>"), tok.bos_token_id, tok.eos_token_id]
+    assert att[1].sum() == 3 and not out["text_valid"][1].any()
+    assert showo.prompt_words(ids, att) == [words, []]
+
+
+def test_showo_hinted_layout_is_recas_and_fig6(showo):
+    from segros.attention import segros_attention_mask
+    from segros.backbones.showo import reca_attention_mask
+
+    tok = showo.tokenizer
+    words = tok.encode("a red circle", add_special_tokens=False)
+    # t2i_clip_recon_prompt: [mmu][soi] | hints | [eoi][bos] words [eos][pad ...] (ids right-padded to max_text_len)
+    ids, real = showo.hinted_text_block([words, []])
+    sid = showo.special_id
+    row = [sid("<|mmu|>"), sid("<|soi|>"), sid("<|eoi|>"), tok.bos_token_id, *words, tok.eos_token_id]
+    assert ids.shape == (2, showo.cfg.max_text_len) and ids[0, :len(row)].tolist() == row
+    assert (ids[0, len(row):] == sid("<|pad|>")).all() and real[0].sum() == len(row) and real[1].sum() == 5
+    # the mask: Reca's create_attention_mask_for_mmu_vit_recon with H hints
+    h, n = 3, 16
+    batch = showo.tokenize_prompts(["a red circle", ""])
+    hints = torch.zeros(2, h, showo.width)
+    _, mask = showo.sequence(batch["input_ids"], batch["attention_mask"], torch.full((2, n), showo.mask_id), hints)
+    allowed = mask[:, 0] == 0
+    s = allowed.shape[-1]
+    assert s == showo.cfg.max_text_len + h + n + 2
+    codes = slice(s - 1 - n, s - 1)
+    a0 = allowed[0]
+    assert not a0[0, 1]  # [mmu] sees the hints, not [soi] (causal + hint columns)
+    assert a0[:, 2:2 + h].all()  # every token sees every hint
+    assert a0[codes, codes].all() and not a0[codes, s - 1].any()  # codes both ways, not the final [eoi]
+    assert not a0[s - 2 - n, codes].any()  # the [soi] before the codes is causal
+    pad_cols = ~torch.cat([real[0, :2], torch.ones(h, dtype=torch.bool), real[0, 2:], torch.ones(n + 2, dtype=torch.bool)])
+    assert not allowed[0][:, pad_cols].any()
+    # restricted to hints, words and codes it is Fig. 6 (segros_attention_mask)
+    pos_words = [2 + h + 2 + i for i in range(len(words))]
+    keep = list(range(2, 2 + h)) + pos_words + list(range(codes.start, codes.stop))
+    fig6 = segros_attention_mask(h, torch.tensor([len(words)]), n, as_bool=True)[0, 0]
+    assert torch.equal(a0[keep][:, keep], fig6)
+    # the understanding form (no code block): causal + hint columns
+    u = reca_attention_mask(torch.ones(1, 6, dtype=torch.bool), slice(1, 3), slice(0, 0), as_bool=True)[0, 0]
+    assert u[0, 1:3].all() and not u[0, 3] and not u[3, 4] and u[4, 3]
+
+
+def test_showo_magvit_takes_minus_one_to_one(showo):
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        codes = showo.image_codes(pixels)
+        assert torch.equal(codes, showo.vq_model.get_code(pixels * 2 - 1))  # Show-o normalises with 0.5 / 0.5
+        raw = showo.vq_model.decode_code(codes, showo.target_grid_hw)
+        torch.testing.assert_close(showo.decode_codes(codes), ((raw + 1) / 2).clamp(0, 1))
+
+
+def test_showo_hint_preprocess(showo):
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reca = showo.embed_image(pixels).z_image
+        torch.testing.assert_close(reca, showo.mm_projector(showo.clip_features(pixels, "reca")))
+        assert (reca - showo.mm_projector(showo.clip_features(pixels, "clip"))).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="hint_preprocess"):
+        build_showo("tiny", tokenizer=showo.tokenizer, hint_preprocess="imagenet")
+
+
+def test_showo_generate_remasks_each_step(showo):
+    # with the Gumbel confidence finite, a 4-step run re-masks and re-samples after the first step
+    one = showo.generate(["a red circle"], seed=0, num_steps=1, return_codes=True)
+    four = showo.generate(["a red circle"], seed=0, num_steps=4, return_codes=True)
+    assert not torch.equal(one, four)
+    again = showo.generate(["a red circle"], num_steps=4, return_codes=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(four, again)
+    img = showo.generate(["a red circle"], seed=0, num_steps=2)[0]
+    assert np.asarray(img).dtype == np.uint8
+
+
+def test_showo_i2t_layout(showo, monkeypatch):
+    from segros.backbones.showo import SYSTEM_PROMPT
+
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    tok = showo.tokenizer
+    seen = []
+    monkeypatch.setattr(showo, "_words", lambda text: seen.append(text) or tok.encode(text, add_special_tokens=False))
+    batch = showo.i2t_batch([img], ["what color"], ["red"])
+    # "USER: q ASSISTANT: a<|endoftext|>" (phi1.5 template): the answer keeps its leading space
+    assert seen == ["USER: what color ASSISTANT:", " red"]
+    q = tok.encode("USER: what color ASSISTANT:", add_special_tokens=False)
+    a = tok.encode(" red", add_special_tokens=False) + [tok.eos_token_id]
+    assert batch["input_ids"][0].tolist() == q + a
+    assert batch["labels"][0].tolist() == [-100] * len(q) + a
+    # [mmu][system][soi] CLIP [eoi] conversation; causal, and every token sees every CLIP token
+    embeds, mask, labels = showo.i2t_sequence(batch)
+    n_sys, g = len(tok.encode(SYSTEM_PROMPT, add_special_tokens=False)), showo.hint_grid_hw[0] * showo.hint_grid_hw[1]
+    clip = slice(2 + n_sys, 2 + n_sys + g)
+    assert embeds.shape[1] == 2 + n_sys + g + 1 + len(q + a) == labels.shape[1]
+    allowed = mask[0, 0] == 0
+    assert allowed[:, clip].all() and not allowed[0, 1] and not allowed[clip.stop, clip.stop + 1]
+    assert (labels[0, -len(a):] == torch.tensor(a)).all() and (labels[0, :-len(a)] == -100).all()
 
 
 def test_showo_save_load_round_trip(showo, tmp_path):
@@ -564,7 +667,7 @@ def test_showo_save_load_round_trip(showo, tmp_path):
         ckpt.load_showo(other, str(tmp_path / "bad.bin"))
 
 
-# ==== OpenUni (partial) ========================================================================
+# ==== OpenUni ==================================================================================
 
 from segros.backbones.openuni import build_openuni  # noqa: E402
 

@@ -1,39 +1,84 @@
 """Show-o (showlab/Show-o), CLIP-ViT variant, behind the SeGroS :class:`Backbone` protocol.
 
-Architecture (read from ``models/modeling_showo.py``, ``models/modeling_magvitv2.py``,
-``models/clip_encoder.py``; REFERENCES.md): Phi-1.5 with q/k LayerNorm (``showo``, a transformers
-``PhiForCausalLM``, 2048 wide, 24 layers, vocabulary resized to 58498 = 50295 text + 10 special +
-8192 image codes + 1 mask), the MAGVIT-v2 lookup-free tokenizer (``vq_model``: 13-bit codes =
-8192, 16× down), CLIP ViT-L/14-336 (``clip``, a transformers ``CLIPVisionModel``, penultimate
-layer, CLS dropped: 24×24 × 1024) and ``mm_projector`` (Linear 1024→2048, GELU, Linear 2048→2048).
-Image code ``c`` has id ``llm_vocab + 10 + c``; the mask token is the last id.
+Architecture (read from ``models/modeling_showo.py``, ``models/phi.py``, ``models/modeling_magvitv2.py``,
+``models/clip_encoder.py``; REFERENCES.md): Phi-1.5 with q/k LayerNorm (``showo``: ``phi.py``
+``PhiForCausalLM.__init__`` forces ``qk_layernorm = True``; 2048 wide, 24 layers, vocabulary resized
+to 58498 = 50295 text + 10 special + 8192 image codes + 1 mask), the MAGVIT-v2 lookup-free tokenizer
+(``vq_model``: 13-bit codes = 8192, 16x down), CLIP ViT-L/14-336 (``clip``, a transformers
+``CLIPVisionModel``; ``CLIPVisionTower``: hidden state -2, CLS dropped: 24x24 x 1024) and
+``mm_projector`` (Linear 1024->2048, GELU, Linear 2048->2048; fixed sizes in ``Showo.__init__``).
 
-The SeGroS hooks (§3, §11.0.1, Eq. 15):
+Vocabulary (``training/prompting_utils.py`` ``UniversalPrompting.__init__``): the Phi tokenizer
+(50295 entries) gets ``[PAD]`` first (``add_special_tokens({'pad_token': '[PAD]'})``), then
+``<|soi|> <|eoi|> <|sov|> <|eov|> <|t2i|> <|mmu|> <|t2v|> <|v2v|> <|lvg|>``, so ``[PAD]`` = 50295,
+``<|soi|>`` = 50296, ..., ``<|lvg|>`` = 50304 (:data:`SPECIAL_TOKENS`, where ``<|pad|>`` names
+``[PAD]`` as in ``sptids_dict``). Image code ``c`` has id ``len(tokenizer) + c`` = ``llm_vocab + 10 + c``
+(``train_recon_w_clip_vit.py`` ``prepare_inputs_and_labels*``); the mask token is the last id
+(``Showo.__init__``: ``mask_token_id = vocab_size - 1``). ``[BOS]`` = ``[EOS]`` = Phi's
+``<|endoftext|>``; prompts are tokenized without special tokens and ``[BOS]`` is prepended.
 
-* ``embed_text`` = Phi's ``embed_tokens`` (shared by text and image codes).
-* ``embed_image`` = ``mm_projector(CLIP)``: [B, 576, 2048], ``hint_grid_hw = (24, 24)``; the
-  reconstruction grid is the code grid (16×16 at 256 px, 32×32 at 512 px), so the training loop
-  resamples the map (``segros.supervision.resample_map``) for the corrupted input.
-* ``t2i_loss``: sequence ``[soi][hints][eoi] | [t2i][bos text eos, padded to 128] | [soi][codes
-  with masked ones replaced by the mask id][eoi]`` under the Fig. 6 mask
-  (:func:`segros.attention.segros_attention_mask`); loss = NLL of the true codes over masked
-  positions (:func:`segros.objectives.masked_token_nll`, weights from ``loss_weight``). Logits are
-  taken over the whole vocabulary, as in Show-o's own cross-entropy.
-* ``i2t_loss``: ``[mmu][soi][576 CLIP tokens][eoi][question answer]``, causal, shifted NLL.
-* ``generate``: Show-o's MaskGIT loop (cosine schedule, confidence = log p + annealed Gumbel
-  noise, guidance ``(1 + g)·cond − g·uncond`` with the empty prompt as unconditional); defaults
-  guidance 1.75 / 16 steps at 256 px and 5 / 50 steps at 512 px.
+Pixels: batches carry [0, 1] pixels (:func:`resize_to_pixels`). MAGVIT-v2 takes [-1, 1] (Show-o's
+``image_transform`` and Reca's ``MidjourneyDataset`` normalise with mean = std = 0.5) and its
+decoder output is mapped back with ``clamp((x + 1) / 2, 0, 1)`` (``inference_t2i.py``), so
+:meth:`Showo.image_codes` / :meth:`Showo.decode_codes` convert at the boundary. CLIP: Reca's
+reconstruction path feeds the [-1, 1] image, bilinearly resized to 336, with *no* CLIP
+normalisation (``train_recon_w_clip_vit.py``: ``pixel_values_recon_336`` -> ``vision_tower``); the
+understanding path uses LLaVA's ``CLIPImageProcessor`` (bicubic, CLIP mean/std). ``embed_image``
+(hints and grounding) follows ``hint_preprocess`` ("reca", the default, or "clip"); ``i2t_loss``
+always uses the CLIP normalisation.
 
-Conventions this module fixes:
+Sequences (position ids = ``arange``: ``phi.py`` ``PhiModel.forward`` builds them when none are
+given; the 4-D additive mask is used as it is, ``phi.py`` skips transformers' mask preparation):
 
-* Hint block ``[soi] hints [eoi]`` stands where Reca places the CLIP image prompt; without hints
-  the block is empty (native Show-o T2I layout ``[t2i][text][soi][codes][eoi]``).
-* Position ids are the slot indices (``arange``), as Show-o's own training (text padded to a fixed
-  128 slots, so the image block starts at the same position in every sample).
-* ``text_valid`` marks the prompt's own tokens (no [t2i]/[bos]/[eos]/padding).
-* CLIP input: pixels resized to 336 (bicubic) and normalised with CLIP's mean/std; MAGVIT input:
-  pixels in [0, 1] at the family's resolution (Show-o's ``image_transform`` gives [0, 1] too).
+* Native T2I (``hints=None``; the SFT baseline and :meth:`Showo.generate`), ``UniversalPrompting.
+  t2i_prompt`` / ``t2i_gen_prompt``: ``[pad ...][t2i][bos] text [eos]`` LEFT-padded to
+  ``max_text_len + 1`` = 129 slots, then ``[soi] codes [eoi]`` (a too-long text keeps 126 words and
+  ends in ``[eos]``). Mask ``create_attention_mask_predict_next(rm_pad_in_image=True)``: text causal,
+  the image block ``[soi] codes [eoi]`` sees every non-pad token both ways, no real token sees
+  padding. That is :func:`segros.attention.segros_attention_mask` with no hints and the image block
+  = ``[soi] codes [eoi]`` (equal on every non-pad query; padding rows differ and are never read).
+* Hinted T2I (SeGroS and the Reca baselines), Reca's ``UniversalPrompting.t2i_clip_recon_prompt`` +
+  ``prepare_inputs_and_labels_recon`` with the visual hints in the slots of the 576 CLIP tokens:
+  ``[mmu][soi] hints [eoi][bos] text [eos][pad ...]`` (the ids RIGHT-padded to 128 slots, hints
+  not counted; at most 123 words), then ``[soi] codes [eoi]``. Mask (:func:`reca_attention_mask`,
+  Reca's ``create_attention_mask_for_mmu_vit_recon`` with its fixed 576 replaced by the hint
+  count): causal; every token sees every hint; the codes (not their ``[soi]``/``[eoi]``) see each
+  other both ways; no token sees padding. Restricted to hints, words and codes this is exactly
+  Fig. 6 (hints bidirectional and blind to what follows, text causal after the hints, codes see
+  everything); the special tokens follow Reca. Reca's text in this slot is not the caption but
+  ``"USER: \n {instruction} ASSISTANT:"`` with a random ``training/consts.py``
+  ``get_recon_prompt_list()`` instruction; SeGroS conditions on the caption (Eq. 15), and the Reca
+  baselines of :mod:`segros.train` (``without_text``) use the empty prompt.
+* Loss (``modeling_showo.py`` ``Showo.forward``, Reca's ``type='recon'`` branch): logits at the
+  code positions (no shift: the logit at a code slot predicts that slot) over the whole
+  vocabulary, cross-entropy of the true code ids at the masked codes, token mean over the batch
+  (``ignore_index=-100``; ``label_smoothing`` is accepted but unused). Masking per sample:
+  ``mask_or_random_replace_tokens``: t ~ U(0, 1), ratio cos(pi t / 2), ``round(N ratio)`` at least 1
+  codes (here: :mod:`segros.supervision` with ``mask_schedule = "cosine"``, ``gamma_per = "sample"``;
+  it masks floor(N ratio) codes, the paper's floor(gamma N) of §3.4, so a count can differ by one).
+  Reca's total is ``t2i_coeff 0 * t2i + mmu_coeff 1 * mmu + recon_coeff 1 * recon`` (configs
+  ``showo_reca*_clip.yaml``): only the hinted reconstruction and I2T are trained.
+* I2T (Reca's ``llava_tuning`` branch): ``[mmu][system prompt][soi] 576 CLIP [eoi] USER: q
+  ASSISTANT: a<|endoftext|>``, with LLaVA's system prompt (:data:`SYSTEM_PROMPT`); mask
+  ``create_attention_mask_for_mmu_vit``: causal, plus every token sees the CLIP tokens; shifted
+  NLL on the answer.
+
+``generate`` = ``Showo.t2i_generate`` (MaskGIT): native layout for the prompt and for the empty
+unconditional prompt; logits ``(1 + g) cond - g uncond`` over the 8192 code ids; sample every
+position (``torch.multinomial``); keep the already known codes; mask ratio ``cos(pi/2 (k+1)/K)``,
+``mask_len = clamp(floor(N ratio), 1, #unknown - 1)``; confidence ``log p + T_k * Gumbel`` with
+the temperature compounding ``T_k = T_{k-1} (1 - (k+1)/K)`` as ``t2i_generate`` does; re-mask the
+lowest; returns the last step's samples. With one CPU generator it draws exactly what
+``t2i_generate`` draws (the multinomial, then ``uniform_`` on a zero [B, N] tensor, per step).
+Images: ``decode_code``, ``clamp((x + 1) / 2)``, ``* 255`` truncated to uint8 (``inference_t2i.py``).
+Defaults guidance 1.75 / 16 steps at 256 px and 5 / 50 steps at 512 px (REFERENCES.md; Reca's
+``scripts/geneval.py``).
+
+Other conventions:
+
+* ``text_valid`` marks the prompt's own words (no special tokens, no padding).
 * ``vq_model`` and ``clip`` are frozen (Table 7 freezes CLIP; MAGVIT is never trained).
+* What the parity test checks against the official code: ``tests/parity/test_showo_parity.py``.
 
 Checkpoints (:mod:`segros.backbones.checkpoints`): ``show-o-w-clip-vit[-512x512]`` holds
 ``showo.*`` and ``mm_projector.*`` (``load_showo``); ``magvitv2`` holds the tokenizer's
@@ -42,7 +87,7 @@ Checkpoints (:mod:`segros.backbones.checkpoints`): ``show-o-w-clip-vit[-512x512]
 
 Table 7 (Show-o columns; presets ``paper-showo-256`` / ``paper-showo-512``): AdamW, lr 5e-7,
 weight decay 0.01, betas (0.9, 0.999); 5K steps, warm-up 1000; batch 4 / 2, accumulation 5 / 20;
-η = 30 % / 40 %, ρ = 40 %, λ = 1.0; CLIP frozen.
+eta = 30 % / 40 %, rho = 40 %, lambda = 1.0; CLIP frozen.
 """
 
 from __future__ import annotations
@@ -56,12 +101,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segros.attention import segros_attention_mask
+from segros.attention import bool_to_additive, segros_attention_mask
 from segros.backbones._mar import VAEDecoder, VAEEncoder
 from segros.backbones.base import Backbone, VisualTokens, resize_to_pixels
 
-SPECIAL_TOKENS = ["<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>",
-                  "<|lvg|>", "<|pad|>"]
+# UniversalPrompting's order: '[PAD]' (named <|pad|> in sptids_dict) first, then the nine task tokens
+SPECIAL_TOKENS = ["<|pad|>", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>",
+                  "<|v2v|>", "<|lvg|>"]
+# llava/llava_instruct_data.py (Reca's llava_tuning I2T data): the system prompt after <|mmu|>
+SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -99,6 +148,9 @@ class ShowoConfig:
     num_steps: int = 16
     temperature: float = 1.0
     attn_implementation: str = "sdpa"
+    # CLIP input of embed_image (hints, grounding): "reca" = [-1, 1] pixels, bilinear to 336, no CLIP
+    # normalisation (Reca's reconstruction path); "clip" = bicubic + CLIP mean/std (LLaVA processor)
+    hint_preprocess: str = "reca"
 
     @property
     def vocab_size(self) -> int:
@@ -173,6 +225,30 @@ class MAGVITv2(nn.Module):
         return self.decoder(self.quantize.lookup(codes, hw))
 
 
+# ---- Reca's hinted mask ---------------------------------------------------------------------
+
+def reca_attention_mask(real: torch.Tensor, hint: slice, codes: slice, dtype: torch.dtype = torch.float32,
+                        as_bool: bool = False) -> torch.Tensor:
+    """Reca's ``create_attention_mask_for_mmu_vit(_recon)`` with the hint block at ``hint``.
+
+    ``real`` [B, S] bool (False = padding). Allowed: causal (key <= query); every query sees the
+    ``hint`` columns; the ``codes`` block sees itself both ways; no query sees a padding key.
+    Returns [B, 1, S, S]: additive (0 / ``finfo(dtype).min``) or bool (True = allowed). With
+    ``codes = slice(0, 0)`` it is the understanding mask (``create_attention_mask_for_mmu_vit``).
+    """
+    if real.ndim != 2 or real.dtype != torch.bool:
+        raise ValueError(f"real must be a bool [B, S] tensor, got {real.dtype} {tuple(real.shape)}")
+    s = real.shape[1]
+    idx = torch.arange(s, device=real.device)
+    allowed = idx[None, :] <= idx[:, None]
+    allowed[:, hint] = True
+    allowed[codes, codes] = True
+    allowed = allowed[None, None] & real[:, None, None, :]
+    if as_bool:
+        return allowed
+    return bool_to_additive(allowed, dtype)
+
+
 # ---- the backbone --------------------------------------------------------------------------------
 
 class Showo(Backbone):
@@ -185,6 +261,8 @@ class Showo(Backbone):
         super().__init__()
         from transformers import CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
 
+        if cfg.hint_preprocess not in ("reca", "clip"):
+            raise ValueError(f"hint_preprocess must be 'reca' or 'clip', got {cfg.hint_preprocess!r}")
         self.cfg = cfg
         self.family = "showo"
         self.tokenizer = tokenizer
@@ -245,26 +323,41 @@ class Showo(Backbone):
 
     @torch.no_grad()
     def image_codes(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, 3, H, W] in [0, 1] at ``resolution`` -> MAGVIT-v2 codes [B, N] (raster)."""
+        """pixels [B, 3, H, W] in [0, 1] at ``resolution`` -> MAGVIT-v2 codes [B, N] (raster).
+
+        MAGVIT-v2 is fed ``2 * pixels - 1`` (Show-o normalises with mean = std = 0.5).
+        """
         self._check_pixels(pixels)
         r = self.cfg.resolution
         if tuple(pixels.shape[2:]) != (r, r):
             raise ValueError(f"pixels must be {r}x{r} for the image codes, got {tuple(pixels.shape[2:])}")
-        return self.vq_model.get_code(pixels.to(self.device, self.mm_projector[0].weight.dtype))
+        x = pixels.to(self.device, self.mm_projector[0].weight.dtype) * 2 - 1
+        return self.vq_model.get_code(x)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, N] -> images [B, 3, H, W] clamped to [0, 1]."""
-        return self.vq_model.decode_code(codes, self.target_grid_hw).clamp(0, 1)
+        """codes [B, N] -> images [B, 3, H, W] in [0, 1]: ``clamp((decode_code + 1) / 2, 0, 1)``."""
+        return ((self.vq_model.decode_code(codes, self.target_grid_hw) + 1) / 2).clamp(0, 1)
 
-    def clip_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Penultimate CLIP layer without CLS: [B, g*g, clip_hidden]."""
+    def clip_features(self, pixels: torch.Tensor, preprocess: str = "clip") -> torch.Tensor:
+        """Penultimate CLIP layer without CLS: [B, g*g, clip_hidden].
+
+        ``preprocess="clip"``: bicubic resize to ``clip_image_size`` and CLIP mean/std (the LLaVA
+        processor of the understanding path); ``"reca"``: ``2 * pixels - 1`` resized bilinearly,
+        no CLIP normalisation (Reca's ``pixel_values_recon_336``).
+        """
         self._check_pixels(pixels)
         s = self.cfg.clip_image_size
-        x = F.interpolate(pixels.float(), size=(s, s), mode="bicubic", align_corners=False).clamp(0, 1)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(self.device, self.mm_projector[0].weight.dtype)
+        if preprocess == "clip":
+            x = F.interpolate(pixels.float(), size=(s, s), mode="bicubic", align_corners=False).clamp(0, 1)
+            mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        elif preprocess == "reca":
+            x = F.interpolate(pixels.float() * 2 - 1, size=(s, s), mode="bilinear", align_corners=False)
+        else:
+            raise ValueError(f"preprocess must be 'clip' or 'reca', got {preprocess!r}")
+        x = x.to(self.device, self.mm_projector[0].weight.dtype)
         with torch.no_grad():
             out = self.clip(pixel_values=x, output_hidden_states=True)
         return out.hidden_states[-2][:, 1:]
@@ -276,25 +369,68 @@ class Showo(Backbone):
         return self.showo.get_input_embeddings()(input_ids.to(self.device))
 
     def embed_image(self, pixels: torch.Tensor) -> VisualTokens:
-        return VisualTokens(self.mm_projector(self.clip_features(pixels)), self.hint_grid_hw)
+        return VisualTokens(self.mm_projector(self.clip_features(pixels, self.cfg.hint_preprocess)),
+                            self.hint_grid_hw)
 
     def _ids(self, b: int, name: str) -> torch.Tensor:
         return torch.full((b, 1), self.special_id(name), dtype=torch.long, device=self.device)
 
-    def logits_for(self, text_ids, text_mask, image_ids, hints=None):
-        """Logits [B, N, V] at the image code positions of ``[soi hints eoi][text][soi codes eoi]``."""
+    def prompt_words(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> list[list[int]]:
+        """The word ids of each ``tokenize_prompts`` row (its real tokens minus [t2i], [bos], [eos])."""
+        words = []
+        for ids, att in zip(text_ids.tolist(), text_mask.tolist()):
+            real = [t for t, a in zip(ids, att) if a]
+            if len(real) < 3 or real[0] != self.special_id("<|t2i|>"):
+                raise ValueError("text rows must come from tokenize_prompts: [pad ...][t2i][bos] words [eos]")
+            words.append(real[2:-1])
+        return words
+
+    def hinted_text_block(self, words: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reca's ``t2i_clip_recon_prompt`` ids around the hints: ``[mmu][soi] | [eoi][bos] words [eos][pad ...]``.
+
+        Returns ids [B, max_text_len] (the hints go between slots 1 and 2) and their real flags;
+        at most ``max_text_len - 5`` words are kept (Reca asserts instead).
+        """
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        length = self.cfg.max_text_len
+        pad = self.special_id("<|pad|>")
+        ids = torch.full((len(words), length), pad, dtype=torch.long)
+        for i, w in enumerate(words):
+            row = [self.special_id("<|mmu|>"), self.special_id("<|soi|>"), self.special_id("<|eoi|>"), bos,
+                   *list(w)[: length - 5], tok.eos_token_id]
+            ids[i, :len(row)] = torch.tensor(row)
+        return ids.to(self.device), (ids != pad).to(self.device)
+
+    def sequence(self, text_ids, text_mask, image_ids, hints=None):
+        """(inputs_embeds [B, S, D], additive mask [B, 1, S, S]) of the native or hinted T2I layout.
+
+        ``text_ids``/``text_mask`` from :meth:`tokenize_prompts`; ``image_ids`` [B, N] vocabulary ids
+        (codes offset, masked ones = ``mask_id``); the codes are always the slots ``S-1-N .. S-2``.
+        """
         b, n = image_ids.shape
         emb = self.showo.get_input_embeddings()
-        parts, n_hint = [], 0
-        if hints is not None:
-            parts = [emb(self._ids(b, "<|soi|>")), hints.to(emb.weight.dtype), emb(self._ids(b, "<|eoi|>"))]
-            n_hint = hints.shape[1] + 2
-        parts += [emb(text_ids.to(self.device)),
-                  emb(torch.cat([self._ids(b, "<|soi|>"), image_ids, self._ids(b, "<|eoi|>")], 1))]
-        embeds = torch.cat(parts, 1)
-        mask = segros_attention_mask(n_hint, text_mask.to(self.device).bool(), n + 2, device=self.device,
-                                     dtype=embeds.dtype)
-        pos = torch.arange(embeds.shape[1], device=self.device)[None].expand(b, -1)
+        image_block = torch.cat([self._ids(b, "<|soi|>"), image_ids.to(self.device), self._ids(b, "<|eoi|>")], 1)
+        if hints is None:  # t2i_gen_prompt + create_attention_mask_predict_next(rm_pad_in_image=True)
+            embeds = emb(torch.cat([text_ids.to(self.device), image_block], 1))
+            mask = segros_attention_mask(0, text_mask.to(self.device).bool(), n + 2, device=self.device,
+                                         dtype=embeds.dtype)
+            return embeds, mask
+        ids, real = self.hinted_text_block(self.prompt_words(text_ids, text_mask))
+        h = hints.shape[1]
+        embeds = torch.cat([emb(ids[:, :2]), hints.to(emb.weight.dtype), emb(ids[:, 2:]), emb(image_block)], 1)
+        ones = torch.ones(b, h, dtype=torch.bool, device=self.device)
+        image_real = torch.ones(b, n + 2, dtype=torch.bool, device=self.device)
+        real = torch.cat([real[:, :2], ones, real[:, 2:], image_real], 1)
+        s = real.shape[1]
+        mask = reca_attention_mask(real, slice(2, 2 + h), slice(s - 1 - n, s - 1), dtype=embeds.dtype)
+        return embeds, mask
+
+    def logits_for(self, text_ids, text_mask, image_ids, hints=None):
+        """Logits [B, N, V] at the image code positions of the native (``hints=None``) or hinted layout."""
+        n = image_ids.shape[1]
+        embeds, mask = self.sequence(text_ids, text_mask, image_ids, hints)
+        pos = torch.arange(embeds.shape[1], device=self.device)[None].expand(embeds.shape[0], -1)
         logits = self.showo(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits
         return logits[:, -(n + 1):-1]
 
@@ -318,21 +454,35 @@ class Showo(Backbone):
         logits = self.logits_for(batch["input_ids"], batch["attention_mask"], image_ids, hints)
         return masked_token_nll(logits, targets, supervision.loss_weight.to(self.device))
 
-    def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        from segros.objectives import i2t_nll
+    def i2t_sequence(self, batch: Mapping[str, torch.Tensor]):
+        """(inputs_embeds, additive mask, labels) of ``[mmu][system][soi] CLIP [eoi] conversation``.
 
-        feats = self.mm_projector(self.clip_features(batch["pixels"]))
+        Reca's ``llava_tuning`` branch: CLIP features (CLIP-normalised) after LLaVA's system prompt;
+        ``create_attention_mask_for_mmu_vit``: causal, and every token sees every CLIP token.
+        """
+        feats = self.mm_projector(self.clip_features(batch["pixels"], "clip"))
         b, g = feats.shape[:2]
         emb = self.showo.get_input_embeddings()
         ids = batch["input_ids"].to(self.device)
-        prefix = torch.cat([emb(self._ids(b, "<|mmu|>")), emb(self._ids(b, "<|soi|>")), feats,
-                            emb(self._ids(b, "<|eoi|>"))], 1)
-        embeds = torch.cat([prefix, emb(ids)], 1)
-        att = torch.cat([torch.ones(b, g + 3, dtype=torch.long, device=self.device),
-                         batch["attention_mask"].to(self.device)], 1)
-        labels = torch.cat([torch.full((b, g + 3), -100, dtype=torch.long, device=self.device),
+        system = torch.tensor(self._words(SYSTEM_PROMPT), dtype=torch.long, device=self.device)[None].expand(b, -1)
+        head = torch.cat([self._ids(b, "<|mmu|>"), system, self._ids(b, "<|soi|>")], 1)
+        embeds = torch.cat([emb(head), feats, emb(self._ids(b, "<|eoi|>")), emb(ids)], 1)
+        n_pre = head.shape[1] + g + 1
+        real = torch.cat([torch.ones(b, n_pre, dtype=torch.bool, device=self.device),
+                          batch["attention_mask"].to(self.device).bool()], 1)
+        mask = reca_attention_mask(real, slice(head.shape[1], head.shape[1] + g), slice(0, 0), dtype=embeds.dtype)
+        labels = torch.cat([torch.full((b, n_pre), -100, dtype=torch.long, device=self.device),
                             batch["labels"].to(self.device)], 1)
-        logits = self.showo(inputs_embeds=embeds, attention_mask=att).logits
+        return embeds, mask, labels
+
+    def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Shifted NLL of the answer tokens of :meth:`i2t_sequence` (``Showo.forward``'s ``loss_mmu``)."""
+        from segros.objectives import i2t_nll
+
+        embeds, mask, labels = self.i2t_sequence(batch)
+        b, s = labels.shape
+        pos = torch.arange(s, device=self.device)[None].expand(b, -1)
+        logits = self.showo(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits
         return i2t_nll(logits, labels)
 
     # ---- data ----------------------------------------------------------------------------
@@ -343,12 +493,14 @@ class Showo(Backbone):
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``[t2i][bos] text [eos]`` right-padded to 1 + max_text_len slots; "" is the unconditional prompt."""
+        """``t2i_gen_prompt``'s text block: ``[pad ...][t2i][bos] text [eos]`` LEFT-padded to 1 + max_text_len.
+
+        "" is the unconditional prompt ``[t2i][bos][eos]``; a longer text keeps max_text_len - 2 words.
+        """
         tok = self.tokenizer
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         length = 1 + self.cfg.max_text_len
-        ids = torch.full((len(texts), length), pad, dtype=torch.long)
+        ids = torch.full((len(texts), length), self.special_id("<|pad|>"), dtype=torch.long)
         att = torch.zeros(len(texts), length, dtype=torch.long)
         valid = torch.zeros(len(texts), length, dtype=torch.bool)
         for i, t in enumerate(texts):
@@ -356,24 +508,24 @@ class Showo(Backbone):
                 raise ValueError(f"texts[{i}] must be a str, got {type(t).__name__}")
             words = self._words(t)[: self.cfg.max_text_len - 2]
             row = [self.special_id("<|t2i|>"), bos] + words + [tok.eos_token_id]
-            ids[i, :len(row)] = torch.tensor(row)
-            att[i, :len(row)] = 1
-            valid[i, 2:2 + len(words)] = True
+            ids[i, length - len(row):] = torch.tensor(row)
+            att[i, length - len(row):] = 1
+            valid[i, length - 1 - len(words):length - 1] = True
         return {"input_ids": ids, "attention_mask": att, "text_valid": valid}
 
     def i2t_batch(self, images, questions, answers) -> dict[str, torch.Tensor]:
+        """Reca's ``llava_tuning`` conversation ``USER: q ASSISTANT: a<|endoftext|>`` (phi1.5), right-padded."""
         if not len(images) == len(questions) == len(answers):
             raise ValueError("images, questions and answers must have the same length")
         tok = self.tokenizer
         rows, labels = [], []
         for q, a in zip(questions, answers):
             prompt = self._words("USER: " + q + " ASSISTANT:")
-            ans = self._words(a) + [tok.eos_token_id]
+            ans = self._words(" " + a) + [tok.eos_token_id]
             rows.append(prompt + ans)
             labels.append([-100] * len(prompt) + ans)
         length = max(len(r) for r in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        ids = torch.full((len(rows), length), self.special_id("<|pad|>"), dtype=torch.long)
         att = torch.zeros_like(ids)
         lab = torch.full_like(ids, -100)
         for i, (r, l) in enumerate(zip(rows, labels)):
@@ -384,8 +536,13 @@ class Showo(Backbone):
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seed: int = 0, guidance_scale: float | None = None,
                  num_steps: int | None = None, temperature: float | None = None, return_codes: bool = False,
-                 **unused: Any) -> list:
-        """Show-o's MaskGIT sampler (``t2i_generate``), one image per prompt."""
+                 generator: torch.Generator | None = None, **unused: Any) -> list:
+        """Show-o's MaskGIT sampler (``Showo.t2i_generate``), one image per prompt.
+
+        Randomness: a CPU generator (``generator``, else seeded with ``seed``), drawn in
+        ``t2i_generate``'s order, so the official sampler with the same CPU generator draws the
+        same codes.
+        """
         from PIL import Image
 
         g_scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
@@ -393,13 +550,14 @@ class Showo(Backbone):
         temp = self.cfg.temperature if temperature is None else temperature
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        gen = generator if generator is not None else torch.Generator(device="cpu").manual_seed(seed)
         b = len(prompts)
         n = self.target_grid_hw[0] * self.target_grid_hw[1]
+        k = 2 ** self.cfg.codebook_dim
         cond = self.tokenize_prompts(list(prompts))
         uncond = self.tokenize_prompts([""] * b)
         image_ids = torch.full((b, n), self.mask_id, dtype=torch.long, device=self.device)
-        k = 2 ** self.cfg.codebook_dim
+        known = image_ids.clone()  # t2i_generate's input_ids_minus_lm_vocab_size: a code, or mask_id
         for step in range(steps):
             if g_scale > 0:
                 logits = self.logits_for(torch.cat([cond["input_ids"], uncond["input_ids"]]),
@@ -409,26 +567,29 @@ class Showo(Backbone):
                 logits = (1 + g_scale) * c - g_scale * u
             else:
                 logits = self.logits_for(cond["input_ids"], cond["attention_mask"], image_ids)
-            logits = logits[..., self.code_offset:self.code_offset + k].float()
-            probs = logits.softmax(-1)
-            sampled = torch.multinomial(probs.reshape(-1, k).cpu(), 1, generator=gen).view(b, n).to(self.device)
-            unknown = image_ids == self.mask_id
-            sampled = torch.where(unknown, sampled, image_ids - self.code_offset)
+            probs = logits[..., self.code_offset:self.code_offset + k].softmax(-1)
+            sampled = torch.multinomial(probs.reshape(-1, k).cpu(), 1, generator=gen)[:, 0].view(b, n).to(self.device)
+            unknown = known == self.mask_id
+            sampled = torch.where(unknown, sampled, known)
             ratio = (step + 1) / steps
-            mask_ratio = math.cos(ratio * math.pi / 2)
+            mask_ratio = torch.cos(torch.tensor(ratio) * math.pi * 0.5)  # float32, as cosine_schedule
             chosen = torch.gather(probs, -1, sampled[..., None])[..., 0]
             chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)
-            mask_len = torch.full((b, 1), math.floor(n * mask_ratio), device=self.device)
-            mask_len = torch.minimum(unknown.sum(-1, keepdim=True) - 1, mask_len).clamp(min=1)
-            u01 = torch.rand(chosen.shape, generator=gen).to(self.device).clamp(min=1e-20)
-            conf = torch.log(chosen.clamp(min=1e-20)) + temp * (1 - ratio) * -torch.log(-torch.log(u01).clamp(min=1e-20))
+            mask_len = (n * mask_ratio).floor().unsqueeze(0).to(self.device)
+            mask_len = torch.maximum(torch.ones(1, device=self.device),
+                                     torch.minimum(unknown.sum(-1, keepdim=True) - 1, mask_len))
+            temp = temp * (1.0 - ratio)  # compounds over the steps, as in t2i_generate
+            noise = torch.zeros(chosen.shape, dtype=chosen.dtype).uniform_(0, 1, generator=gen).to(self.device)
+            gumbel = -torch.log((-torch.log(noise.clamp(min=1e-20))).clamp(min=1e-20))
+            conf = torch.log(chosen.clamp(min=1e-20)) + temp * gumbel
             cut = torch.gather(conf.sort(-1).values, 1, mask_len.long())
             remask = conf < cut
             image_ids = torch.where(remask, torch.full_like(image_ids, self.mask_id), sampled + self.code_offset)
-        codes = sampled  # Show-o returns the last step's samples for every position
+            known = torch.where(remask, torch.full_like(known, self.mask_id), sampled)
+        codes = sampled.clamp(0, k - 1)  # t2i_generate returns the last step's samples for every position
         if return_codes:
             return codes
-        images = (self.decode_codes(codes).float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        images = (self.decode_codes(codes).float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(im) for im in images]
 
 
