@@ -212,7 +212,8 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
 # ---- OpenUni / SANA: rectified flow ------------------------------------------------------------
 
 def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Generator | None = None,
-                      loss_weight: torch.Tensor | None = None) -> torch.Tensor:
+                      loss_weight: torch.Tensor | None = None,
+                      num_train_timesteps: int | None = None) -> torch.Tensor:
     """Rectified-flow velocity MSE (OpenUni's SANA objective; REFERENCES.md).
 
     Convention: one t ~ U(0, 1) per sample (float32 [B]), x_t = (1 − t) x0 + t ε with ε ~ N(0, I)
@@ -222,6 +223,10 @@ def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Genera
 
     ``loss_weight`` (optional) has a prefix of x0's shape, e.g. [B] per sample or [B, N] per token
     of x0 [B, N, C]; the element loss is averaged over the remaining dims, then Σ w ℓ / Σ w.
+
+    ``num_train_timesteps`` T (optional) puts t on the grid of a diffusers
+    ``FlowMatchEulerDiscreteScheduler`` with shift 1, as OpenUni's ``diff_loss`` samples it: with the
+    same u ~ U(0, 1), t = (T − ⌊T u⌋) / T ∈ {1/T, ..., 1}.
     """
     if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or not x0.dtype.is_floating_point:
         raise ValueError("x0 must be a float tensor [B, ...] with at least 2 dims")
@@ -232,6 +237,8 @@ def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Genera
     _check_weight(loss_weight, x0.shape[:loss_weight.ndim])
     b = x0.shape[0]
     t = torch.rand(b, generator=generator, device=x0.device)
+    if num_train_timesteps:
+        t = (num_train_timesteps - (t * num_train_timesteps).long()).float() / num_train_timesteps
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     tb = t.reshape((b,) + (1,) * (x0.ndim - 1))
     x_t = ((1 - tb) * x0.float() + tb * noise).to(x0.dtype)

@@ -19,8 +19,9 @@ Conventions Table 7 leaves open, fixed here:
   micro-batches (``i2t_micro``) are added on top in whole single-source micro-batches, as Reca
   alternates 2 reconstruction + 2 LLaVA micro-batches (REFERENCES.md). Show-o and Harmon use one
   I2T micro-batch per reconstruction micro-batch; OpenUni none (λ = 0, Reca trains no I2T there).
-- Frozen modules are parameter-name prefixes of the backbone ("clip" for Show-o's CLIP, "mllm"
-  for OpenUni's InternVL); every adapter must name its modules so that these prefixes match.
+- Frozen modules are parameter-name prefixes of the backbone ("clip" for Show-o's CLIP, "lmm"
+  for OpenUni's InternVL, the official module name); every adapter must name its modules so that
+  these prefixes match.
 - The OpenUni η in Table 7 is 30% for both sizes; λ is 0.0 there.
 """
 
@@ -240,7 +241,7 @@ SMALL = TrainConfig(init_from="auto")
 # Table 7, one column each, built from segros.paper.HYPERPARAMS (the one copy of the table).
 # The learning-rate schedule (linear warm-up, cosine decay) and "no decay on 1-D parameters"
 # follow Reca/Harmon (REFERENCES.md). Frozen-module names map onto parameter-name prefixes.
-FROZEN_PREFIXES = {None: (), "CLIP": ("clip",), "MLLM": ("mllm",)}
+FROZEN_PREFIXES = {None: (), "CLIP": ("clip",), "MLLM": ("lmm",)}  # OpenUni names its MLLM "lmm"
 
 
 def paper_overrides(key):

@@ -691,13 +691,29 @@ def test_openuni_keys_and_real_shapes(openuni):
     keys = set(openuni.state_dict())
     assert not [k for k in OPENUNI_EXPECTED_KEYS if k not in keys]
     trained = {k for k, p in openuni.named_parameters() if p.requires_grad}
-    assert trained and all(k.startswith(("meta_queries", "connector.", "projector.")) for k in trained)
+    # Table 7 freezes the MLLM only; Reca trains SANA (OpenUni/configs/finetune/reca_1_0.6.py)
+    assert trained and all(k.startswith(("meta_queries", "connector.", "projector.", "transformer.")) for k in trained)
+    assert any(k.startswith("transformer.") for k in trained)
+    frozen = build_openuni("tiny", tokenizer=openuni.tokenizer, train_transformer=False)
+    assert not any(k.startswith("transformer.") for k, p in frozen.named_parameters() if p.requires_grad)
+    from segros.presets import get_preset
+    from segros.train import freeze
+    freeze(frozen, get_preset("paper-openuni-1.6b").frozen)  # Table 7 "MLLM" names a real module
     with torch.device("meta"):
         real = build_openuni("1.6b", tokenizer=tiny_tokenizer())
+        large = build_openuni("3.6b", tokenizer=tiny_tokenizer())
     sd = real.state_dict()
     assert tuple(sd["meta_queries"].shape) == (256, 896)
     assert tuple(sd["projector.weight"].shape) == (2304, 896)
     assert len(real.connector.layers) == 6 and real.hint_grid_hw == (16, 16)
+    # InternViT-300M: fused-qkv bias split into q/k/v biases, no q/k norm
+    assert tuple(sd["lmm.vision_tower.encoder.layer.0.attention.q_proj.bias"].shape) == (1024,)
+    assert "lmm.vision_tower.encoder.layer.0.attention.q_norm.weight" not in sd
+    # configs/models/openuni_l_internvl3_2b_sana_1_6b_512_hf.py: connector 1536 wide, 8960, 24 heads
+    lsd = large.state_dict()
+    assert tuple(lsd["connector.layers.0.mlp.fc1.weight"].shape) == (8960, 1536)
+    assert large.connector.layers[0].self_attn.num_heads == 24
+    assert tuple(lsd["projector.weight"].shape) == (2304, 1536)
 
 
 def test_openuni_t2i_loss_hints_and_switch(openuni, tok):
@@ -745,3 +761,292 @@ def test_openuni_generate_and_checkpoint(openuni, tmp_path):
     torch.save(sd, path)
     with pytest.raises(ckpt.CheckpointMismatch, match="connector.extra"):
         ckpt.load_openuni(other, str(path))
+
+
+# ---- OpenUni: InternVL key conversion, loading, sampler, prompt, attention ----------------------
+
+from dataclasses import replace as replace_cfg  # noqa: E402
+
+from segros.backbones.openuni import SIZES as OPENUNI_SIZES  # noqa: E402
+from segros.backbones.openuni import (HINT, QUERY, TEXT, OpenUni, internvl_hf_to_remote,  # noqa: E402
+                                      internvl_remote_to_hf, is_remote_internvl, load_internvl,
+                                      openuni_attention_mask)
+
+OPENUNI_PROMPTS = ["a red circle", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def openuni_rand():
+    """A tiny OpenUni whose zero-initialised parts (cls token, position embeddings, ...) are perturbed."""
+    torch.manual_seed(1)
+    model = build_openuni("tiny").eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _internvit_features(sd, pixels, heads, prefix="lmm."):
+    """InternVL3's ``extract_feature`` on remote-code weights, written by hand from the official code
+    (modeling_intern_vit.py: LayerNorm, fused qkv reshaped (B, N, 3, H, D), layer scale; modeling_internvl_chat.py:
+    CLS dropped, pixel shuffle v2 at 0.5, mlp1 = LayerNorm, Linear, GELU, Linear), after get_semantic_features'
+    ImageNet normalisation and bilinear resize. Independent of the adapter and of transformers' InternVL."""
+    import torch.nn.functional as F
+    p = prefix + "vision_model."
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    size = int((sd[p + "embeddings.position_embedding"].shape[1] - 1) ** 0.5) * 14
+    x = F.interpolate((pixels - mean) / std, size=(size, size), mode="bilinear")
+    e = F.conv2d(x, sd[p + "embeddings.patch_embedding.weight"], sd[p + "embeddings.patch_embedding.bias"], stride=14)
+    e = e.flatten(2).transpose(1, 2)
+    b, c = e.shape[0], e.shape[2]
+    h = torch.cat([sd[p + "embeddings.class_embedding"].expand(b, 1, c), e], 1)
+    h = h + sd[p + "embeddings.position_embedding"]
+    n = h.shape[1]
+    i = 0
+    while f"{p}encoder.layers.{i}.ls1" in sd:
+        q = f"{p}encoder.layers.{i}."
+        y = F.layer_norm(h, (c,), sd[q + "norm1.weight"], sd[q + "norm1.bias"], 1e-6)
+        qkv = F.linear(y, sd[q + "attn.qkv.weight"], sd[q + "attn.qkv.bias"])
+        qkv = qkv.reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        att = ((qkv[0] * (c // heads) ** -0.5) @ qkv[1].transpose(-2, -1)).softmax(-1)
+        a = (att @ qkv[2]).transpose(1, 2).reshape(b, n, c)
+        h = h + F.linear(a, sd[q + "attn.proj.weight"], sd[q + "attn.proj.bias"]) * sd[q + "ls1"]
+        y = F.layer_norm(h, (c,), sd[q + "norm2.weight"], sd[q + "norm2.bias"], 1e-6)
+        y = F.linear(F.gelu(F.linear(y, sd[q + "mlp.fc1.weight"], sd[q + "mlp.fc1.bias"])),
+                     sd[q + "mlp.fc2.weight"], sd[q + "mlp.fc2.bias"])
+        h = h + y * sd[q + "ls2"]
+        i += 1
+    g = int((n - 1) ** 0.5)
+    v = h[:, 1:].reshape(b, g, g, c)  # (n, w, h, c) in pixel_shuffle's names
+    v = v.reshape(b, g, g // 2, 2 * c).permute(0, 2, 1, 3).reshape(b, g // 2, g // 2, 4 * c).permute(0, 2, 1, 3)
+    v = v.reshape(b, -1, 4 * c)
+    v = F.layer_norm(v, (4 * c,), sd[prefix + "mlp1.0.weight"], sd[prefix + "mlp1.0.bias"])
+    v = F.linear(F.gelu(F.linear(v, sd[prefix + "mlp1.1.weight"], sd[prefix + "mlp1.1.bias"])),
+                 sd[prefix + "mlp1.3.weight"], sd[prefix + "mlp1.3.bias"])
+    return v
+
+
+def _tiny_remote_config(model) -> dict:
+    """OpenGVLab/InternVL3-1B's config.json layout at the tiny sizes (configuration_internvl_chat.py)."""
+    c = model.cfg
+    return {"model_type": "internvl_chat", "architectures": ["InternVLChatModel"], "select_layer": -1,
+            "force_image_size": c.vit_input_size, "downsample_ratio": 0.5, "ps_version": "v2",
+            "template": "internvl2_5",
+            "vision_config": {"architectures": ["InternVisionModel"], "hidden_size": c.vit_hidden,
+                              "intermediate_size": c.vit_intermediate, "num_hidden_layers": c.vit_layers,
+                              "num_attention_heads": c.vit_heads, "image_size": c.vit_input_size, "patch_size": 14,
+                              "qkv_bias": True, "qk_normalization": False, "norm_type": "layer_norm",
+                              "layer_norm_eps": 1e-6, "hidden_act": "gelu"},
+            "llm_config": {"architectures": ["Qwen2ForCausalLM"], "vocab_size": len(model.tokenizer),
+                           "hidden_size": c.llm_hidden, "intermediate_size": c.llm_intermediate,
+                           "num_hidden_layers": c.llm_layers, "num_attention_heads": c.llm_heads,
+                           "num_key_value_heads": c.llm_kv_heads, "rope_theta": c.rope_theta, "rms_norm_eps": 1e-6,
+                           "tie_word_embeddings": False, "max_position_embeddings": 32768}}
+
+
+def test_openuni_internvl_key_conversion(openuni_rand):
+    model = openuni_rand
+    hf = {k: v for k, v in model.state_dict().items() if k.startswith("lmm.")}
+    remote = internvl_hf_to_remote(hf, "lmm.")
+    # the names of the official InternVLChatModel (modeling_intern_vit.py, modeling_internvl_chat.py)
+    for key in ["lmm.vision_model.embeddings.class_embedding", "lmm.vision_model.embeddings.position_embedding",
+                "lmm.vision_model.embeddings.patch_embedding.weight",
+                "lmm.vision_model.encoder.layers.0.attn.qkv.weight",
+                "lmm.vision_model.encoder.layers.0.attn.qkv.bias", "lmm.vision_model.encoder.layers.0.attn.proj.weight",
+                "lmm.vision_model.encoder.layers.0.norm1.weight", "lmm.vision_model.encoder.layers.0.norm2.bias",
+                "lmm.vision_model.encoder.layers.0.ls1", "lmm.vision_model.encoder.layers.0.ls2",
+                "lmm.vision_model.encoder.layers.0.mlp.fc1.weight", "lmm.mlp1.0.weight", "lmm.mlp1.1.weight",
+                "lmm.mlp1.3.bias", "lmm.language_model.model.embed_tokens.weight",
+                "lmm.language_model.model.layers.0.self_attn.q_proj.weight", "lmm.language_model.model.norm.weight"]:
+        assert key in remote, key
+    assert not [k for k in remote if k.startswith(("lmm.vision_tower", "lmm.multi_modal_projector"))]
+    assert tuple(remote["lmm.vision_model.encoder.layers.0.attn.qkv.weight"].shape) == (3 * 32, 32)
+    assert is_remote_internvl(remote, "lmm.") and not is_remote_internvl(hf, "lmm.")
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = model.embed_image(pixels).z_image
+    torch.testing.assert_close(ours, _internvit_features(remote, pixels, model.cfg.vit_heads), atol=1e-5, rtol=1e-5)
+    # remote -> hf: the official LM head is dropped, everything else comes back exactly
+    back = internvl_remote_to_hf({**remote, "lmm.language_model.lm_head.weight": torch.zeros(3)}, "lmm.")
+    assert set(back) == set(hf) and all(torch.equal(back[k], hf[k]) for k in hf)
+    torch.manual_seed(3)
+    other = build_openuni("tiny", tokenizer=model.tokenizer).eval()
+    ckpt.load_into(other.lmm, {k[len("lmm."):]: v for k, v in back.items()})  # raises on any missing / unexpected key
+    assert torch.equal(other.embed_image(pixels).z_image, ours)
+
+
+def test_openuni_loads_a_remote_code_internvl_folder(openuni_rand, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    model = openuni_rand
+    remote = internvl_hf_to_remote(model.lmm.state_dict())
+    remote["language_model.lm_head.weight"] = torch.randn(len(model.tokenizer), model.cfg.llm_hidden)
+    save_file({k: v.contiguous() for k, v in remote.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(_tiny_remote_config(model)))
+    lmm = load_internvl(str(tmp_path), model.tokenizer, attn_implementation="eager")
+    loaded = OpenUni(model.cfg, model.tokenizer, lmm).eval()
+    ckpt.load_into(loaded, {k: v for k, v in model.state_dict().items() if not k.startswith("lmm.")},
+                   ignore_missing=("lmm.",))
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.embed_image(pixels).z_image, model.embed_image(pixels).z_image)
+    tok = model.tokenize_prompts(OPENUNI_PROMPTS)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.conditions(tok["input_ids"], tok["attention_mask"]),
+                                   model.conditions(tok["input_ids"], tok["attention_mask"]))
+    remote.pop("vision_model.encoder.layers.0.attn.qkv.bias")
+    save_file({k: v.contiguous() for k, v in remote.items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ckpt.CheckpointMismatch, match="vision_tower.encoder.layer.0.attention.v_proj.bias"):
+        load_internvl(str(tmp_path), model.tokenizer)
+
+
+def test_openuni_full_checkpoint_converts_and_lists_keys(openuni_rand, tmp_path):
+    model = openuni_rand
+    sd = internvl_hf_to_remote(model.state_dict(), "lmm.")  # a full official state dict: lmm.* in remote names
+    sd["lmm.language_model.lm_head.weight"] = torch.zeros(len(model.tokenizer), model.cfg.llm_hidden)
+    torch.save(sd, tmp_path / "full.pth")
+    torch.manual_seed(9)
+    other = build_openuni("tiny", tokenizer=model.tokenizer).eval()
+    ckpt.load_openuni(other, str(tmp_path / "full.pth"))
+    own = other.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in model.state_dict().items())
+    bad = dict(sd)
+    bad.pop("lmm.vision_model.encoder.layers.0.attn.qkv.bias")
+    bad.pop("transformer.proj_out.weight")
+    bad["lmm.vision_model.extra"] = torch.zeros(1)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ckpt.CheckpointMismatch) as err:
+        ckpt.load_openuni(other, str(tmp_path / "bad.pth"))
+    msg = str(err.value)
+    for key in ("lmm.vision_tower.encoder.layer.0.attention.q_proj.bias", "transformer.proj_out.weight",
+                "lmm.vision_model.extra"):
+        assert key in msg, key
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' scheduler under numpy 2
+def test_openuni_dpm_sampler_is_sanas(openuni_rand):
+    from diffusers import SanaPipeline
+    model = openuni_rand
+    a = model.generate(OPENUNI_PROMPTS, seed=3, num_steps=4, return_latents=True)
+    b = model.generate(OPENUNI_PROMPTS, seed=3, num_steps=4, return_latents=True)
+    assert a.shape == (2, 8, 2, 2) and torch.equal(a, b)
+    euler = model.generate(OPENUNI_PROMPTS, seed=3, num_steps=4, return_latents=True, sampler="euler")
+    assert (euler - a).abs().max() > 1e-3
+    s = model.make_scheduler().config  # SANA's scheduler (diffusers scripts/convert_sana_to_diffusers.py)
+    assert (s.algorithm_type, s.solver_order, s.solver_type, s.prediction_type) == (
+        "dpmsolver++", 2, "midpoint", "flow_prediction")
+    assert s.use_flow_sigmas and s.flow_shift == 3.0 and s.final_sigmas_type == "zero"
+    # scripts/text2image.py defaults: cfg 4.5, 20 steps
+    assert (OPENUNI_SIZES["1.6b"].cfg, OPENUNI_SIZES["1.6b"].num_steps) == (4.5, 20)
+    # OpenUni's generate() hands the conditions to diffusers' SanaPipeline: same latents
+    tok = model.tokenize_prompts(OPENUNI_PROMPTS + [""] * 2)
+    with torch.no_grad():
+        cond = model.conditions(tok["input_ids"], tok["attention_mask"])
+        ones = torch.ones(2, cond.shape[1], dtype=torch.bool)
+        pipe = SanaPipeline(tokenizer=None, text_encoder=None, vae=model.vae, transformer=model.transformer,
+                            scheduler=model.make_scheduler())
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(negative_prompt=None, prompt_embeds=cond[:2], prompt_attention_mask=ones,
+                   negative_prompt_embeds=cond[2:], negative_prompt_attention_mask=ones, num_inference_steps=4,
+                   guidance_scale=4.5, generator=torch.Generator().manual_seed(3), height=64, width=64,
+                   output_type="latent", use_resolution_binning=False, complex_human_instruction=None).images
+    torch.testing.assert_close(a, ref)
+    images = model.generate(OPENUNI_PROMPTS, seed=3, num_steps=4)  # saved as in scripts/text2image.py
+    expected = torch.clamp(127.5 * model.decode(a) + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert all(np.array_equal(np.asarray(im), e) for im, e in zip(images, expected))
+
+
+def test_openuni_prompt_is_encoded_in_one_piece():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "parity"))
+    import openuni_tokenizer
+    tok = openuni_tokenizer.build(openuni_tokenizer.train_spec())
+    model = build_openuni("tiny", tokenizer=tok)
+    out = model.tokenize_prompts(["a red circle", "  two blue squares ", ""])
+    template = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<img>"
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    for i, (text, prompt) in enumerate([("a red circle", "Generate an image: a red circle"),
+                                        ("two blue squares", "Generate an image: two blue squares"),
+                                        ("", "Generate an image.")]):
+        full = enc(template.format(prompt))
+        n = int(out["attention_mask"][i].sum())
+        assert out["input_ids"][i, :n].tolist() == full
+        assert tok.decode(out["input_ids"][i][out["text_valid"][i]]) == (" " + text if text else "")
+    # encoding the pieces separately would split ": a" into ":", " " and "a"
+    pieces = enc(template.split("{}")[0] + "Generate an image: ") + enc("a red circle") + enc(template.split("{}")[1])
+    assert pieces != enc(template.format("Generate an image: a red circle"))
+
+
+def test_openuni_default_attention_is_the_official_one_without_hints():
+    # frozen MLLM (Table 7): by default the queries keep OpenUni's causal rule, so a released
+    # checkpoint run without hints attends exactly as the official model does
+    assert build_openuni("tiny").cfg.image_attention == "native"
+    seg = torch.tensor([TEXT] * 3 + [QUERY] * 3)
+    real = torch.ones(1, 6, dtype=torch.bool)
+    assert torch.equal(openuni_attention_mask(seg, real)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
+
+
+def test_openuni_attention_and_hint_layouts(openuni_rand):
+    from segros.attention import segros_attention_mask
+    att = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    seg = torch.tensor([HINT] * 2 + [TEXT] * 4 + [QUERY] * 3)
+    real = torch.cat([torch.ones(2, 2, dtype=torch.bool), att, torch.ones(2, 3, dtype=torch.bool)], 1)
+    assert torch.equal(openuni_attention_mask(seg, real, "fig6"), segros_attention_mask(2, att, 3, as_bool=True))
+    native = openuni_attention_mask(seg[2:], real[:, 2:], "native")[:, 0]
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    rows = real[:, 2:]
+    for i in range(2):  # real rows: the official causal mask over real keys
+        assert torch.equal(native[i][rows[i]], (causal & rows[i][None])[rows[i]])
+    # "reca": <|im_start|>user\n <img> [hints] </img>\n Generate an image: ...
+    model = openuni_rand
+    tok = model.tokenize_prompts(OPENUNI_PROMPTS)
+    hints = torch.randn(2, 3, model.width)
+    embeds, seg, real = model._sequence(tok["input_ids"], tok["attention_mask"], hints)
+    pre = model._encode("<|im_start|>user\n")
+    opening, closing = model._encode("<img>"), model._encode("</img>\n")
+    text = model.embed_text(tok["input_ids"])
+    p, o = len(pre), len(opening)
+    assert embeds.shape[1] == tok["input_ids"].shape[1] + o + 3 + len(closing)
+    assert torch.equal(embeds[:, p + o:p + o + 3], hints) and torch.equal(embeds[:, :p], text[:, :p])
+    assert torch.equal(embeds[:, p + o + 3 + len(closing):], text[:, p:])
+    assert (seg == HINT).nonzero().flatten().tolist() == [p + o, p + o + 1, p + o + 2]
+    with torch.no_grad():
+        reca = model.conditions(tok["input_ids"], tok["attention_mask"], hints)
+        model_prepend = OpenUni(replace_cfg(model.cfg, hint_layout="prepend"), model.tokenizer, model.lmm)
+        model_prepend.load_state_dict(model.state_dict())
+        prepend = model_prepend.eval().conditions(tok["input_ids"], tok["attention_mask"], hints)
+    assert (reca - prepend).abs().max() > 1e-4
+
+
+def test_flow_matching_on_the_official_sigma_grid():
+    from segros.objectives import flow_matching_mse
+    seen = []
+    flow_matching_mse(lambda x, t, c: (seen.append(t), x)[1], torch.zeros(4, 3, 2), None,
+                      generator=torch.Generator().manual_seed(5), num_train_timesteps=1000)
+    u = torch.rand(4, generator=torch.Generator().manual_seed(5))
+    # FlowMatchEulerDiscreteScheduler (shift 1): sigmas[i] = (1000 - i) / 1000, i = floor(1000 u)
+    assert torch.equal(seen[0], (1000 - (u * 1000).long()).float() / 1000)
+
+
+def test_openuni_loads_sana_and_dcae_folders_before_the_checkpoint(openuni_rand, tmp_path):
+    model = openuni_rand
+    torch.manual_seed(4)
+    base = build_openuni("tiny", tokenizer=model.tokenizer).eval()  # "base SANA / DC-AE" folders
+    base.transformer.save_pretrained(str(tmp_path / "sana" / "transformer"))
+    sched = base.make_scheduler()
+    sched.register_to_config(flow_shift=2.0)
+    sched.save_pretrained(str(tmp_path / "sana" / "scheduler"))
+    base.vae.save_pretrained(str(tmp_path / "dcae"))
+    ckpt.save_openuni(model, str(tmp_path / "trained.pth"))  # meta_queries, connector, projector, transformer
+    torch.manual_seed(6)
+    other = build_openuni("tiny", tokenizer=model.tokenizer).eval()
+    ckpt.load_openuni(other, str(tmp_path / "trained.pth"), sana_path=str(tmp_path / "sana"),
+                      dcae_path=str(tmp_path / "dcae"))
+    own = other.state_dict()
+    # the checkpoint's fine-tuned SANA wins over the folder's; the DC-AE comes from its folder
+    assert all(torch.equal(own[k], v) for k, v in model.state_dict().items() if not k.startswith(("lmm.", "vae.")))
+    assert all(torch.equal(own[k], v) for k, v in base.state_dict().items() if k.startswith("vae."))
+    assert other.make_scheduler().config.flow_shift == 2.0
+    assert all(p.requires_grad for p in other.transformer.parameters())

@@ -87,7 +87,8 @@ def _real(family: str, size: str):
     ``checkpoint`` (a local path or hub id) is required: a random-weight model at paper size is
     never what a user means (tests build tiny random versions with ``build_harmon("tiny")`` etc.).
     Harmon also takes ``vae_checkpoint`` and ``llm_path``; Show-o ``vq_checkpoint`` and ``llm_path``;
-    OpenUni ``mllm_path``. Everything else overrides the adapter's config.
+    OpenUni ``mllm_path`` (InternVL3, either layout), ``sana_path`` and ``dcae_path`` (diffusers
+    folders). Everything else overrides the adapter's config.
     """
 
     def build(checkpoint: str | None = None, **cfg) -> Backbone:
@@ -112,8 +113,9 @@ def _real(family: str, size: str):
         else:
             from .openuni import build_openuni
 
+            sana, dcae = cfg.pop("sana_path", None), cfg.pop("dcae_path", None)
             model = build_openuni(size, **cfg)
-            checkpoints.load_openuni(model, checkpoint)
+            checkpoints.load_openuni(model, checkpoint, sana_path=sana, dcae_path=dcae)
         return model
 
     build.__name__ = f"build_{family}_{size.replace('.', '_')}"

@@ -1,7 +1,9 @@
 """Loading official checkpoints into the real backbones, from a local path or a hub id.
 
-Nothing here renames keys: the modules of :mod:`segros.backbones.harmon` (and the other families)
-use the official parameter names, so an official state dict loads as it is. A mismatch raises
+Nothing here renames keys except OpenUni's MLLM: the modules of :mod:`segros.backbones.harmon` (and
+the other families) use the official parameter names, so an official state dict loads as it is;
+OpenUni's InternVL is transformers' ``InternVLModel``, and remote-code ``lmm.*`` keys are converted
+(:func:`segros.backbones.openuni.internvl_remote_to_hf`). A mismatch raises
 :class:`CheckpointMismatch` (a ``ValueError``) listing every missing key, every unexpected key
 and every shape difference, so a wrong size ("0.5b" weights into a "1.5b" model) is obvious.
 
@@ -181,28 +183,51 @@ def save_showo(model: nn.Module, path: str, vq_path: str | None = None) -> None:
 OPENUNI_TRAINED = ("meta_queries", "connector.", "projector.", "transformer.")
 
 
-def load_openuni(model: nn.Module, checkpoint: str, checkpoint_file: str | None = None,
+def load_openuni(model: nn.Module, checkpoint: str | None = None, checkpoint_file: str | None = None,
                  sana_path: str | None = None, dcae_path: str | None = None) -> nn.Module:
-    """Load OpenUni's trained parts (``meta_queries``, ``connector.*``, ``projector.*``, and
-    ``transformer.*`` when the file has them) from an official ``.pth``; ``lmm.*`` / ``vae.*`` keys
-    in the file are skipped (the MLLM and DC-AE come from their own folders). ``sana_path`` /
-    ``dcae_path``: diffusers folders (or hub ids) for SANA (``subfolder="transformer"``) and DC-AE."""
-    sd = read_state_dict(_pick(checkpoint, checkpoint_file, SHOWO_FILES + ("model.pth",)))
-    sd = {k: v for k, v in sd.items() if not k.startswith(("lmm.", "vae."))}
-    has_transformer = any(k.startswith("transformer.") for k in sd)
-    ignore = ("lmm.", "vae.") + (() if has_transformer else ("transformer.",))
-    load_into(model, sd, ignore_missing=ignore, what=str(checkpoint))
+    """Load an OpenUni: SANA and DC-AE from their diffusers folders, then an official checkpoint.
+
+    ``sana_path`` / ``dcae_path`` (folders or hub ids): ``model.transformer`` is replaced by
+    ``SanaTransformer2DModel.from_pretrained(sana_path, subfolder="transformer")`` (and
+    ``model.scheduler_config`` set from its ``scheduler/`` when present), ``model.vae`` by
+    ``AutoencoderDC.from_pretrained(dcae_path)``, so their configs come from the folders (the
+    random-build DC-AE is not the real one's architecture). The MLLM comes from ``build_openuni(mllm_path=...)``.
+
+    ``checkpoint`` (loaded last, so a fine-tuned ``transformer.*`` overrides the base SANA, as the
+    official ``load_state_dict`` after building from the folders): the official ``.pth``
+    (``scripts/deepspeed2torch.py``: xtuner's ``guess_load_checkpoint`` of a DeepSpeed checkpoint
+    saved with ``exclude_frozen_parameters=True``, ``scripts/train.py``) holds the trained parameters
+    only: ``meta_queries``, ``connector.*``, ``projector.*``, plus ``transformer.*`` when SANA was
+    trained (OpenUni's fine-tuning configs, Reca). A full state dict may also hold ``lmm.*`` (the
+    remote-code InternVLChatModel names are converted by ``internvl_remote_to_hf``; its LM head is
+    dropped) and ``vae.*``. ``lmm.``, ``vae.`` and ``transformer.`` may each be absent as a whole;
+    anything else missing, unexpected or of another shape raises :class:`CheckpointMismatch`.
+    """
     if sana_path is not None:
-        from diffusers import SanaTransformer2DModel
-        t = SanaTransformer2DModel.from_pretrained(sana_path, subfolder="transformer")
-        load_into(model, t.state_dict(), prefix="transformer.", what=str(sana_path))
+        from diffusers import DPMSolverMultistepScheduler, SanaTransformer2DModel
+        t = SanaTransformer2DModel.from_pretrained(sana_path, subfolder="transformer").to(model.device)
+        t.requires_grad_(any(p.requires_grad for p in model.transformer.parameters()))
+        model.transformer = t
+        try:
+            model.scheduler_config = dict(DPMSolverMultistepScheduler.load_config(sana_path, subfolder="scheduler"))
+        except (OSError, ValueError):  # a folder without scheduler/: keep the default config
+            pass
     if dcae_path is not None:
         from diffusers import AutoencoderDC
-        load_into(model, AutoencoderDC.from_pretrained(dcae_path).state_dict(), prefix="vae.", what=str(dcae_path))
+        model.vae = AutoencoderDC.from_pretrained(dcae_path).to(model.device).requires_grad_(False).eval()
+    if checkpoint is not None:
+        from segros.backbones.openuni import internvl_remote_to_hf, is_remote_internvl
+        sd = read_state_dict(_pick(checkpoint, checkpoint_file, SHOWO_FILES + ("model.pth",)))
+        if is_remote_internvl(sd, "lmm."):
+            sd = internvl_remote_to_hf(sd, "lmm.")
+        ignore = tuple(g for g in ("lmm.", "vae.", "transformer.") if not any(k.startswith(g) for k in sd))
+        load_into(model, sd, ignore_missing=ignore, what=str(checkpoint))
     return model
 
 
-def save_openuni(model: nn.Module, path: str, with_transformer: bool = False) -> None:
-    """Write the trained parts in the official key layout."""
+def save_openuni(model: nn.Module, path: str, with_transformer: bool | None = None) -> None:
+    """Write the trained parts in the official key layout (``transformer.*`` by default when SANA trains)."""
+    if with_transformer is None:
+        with_transformer = any(p.requires_grad for p in model.transformer.parameters())
     keep = OPENUNI_TRAINED if with_transformer else OPENUNI_TRAINED[:3]
     torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(keep)}, path)
