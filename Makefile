@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.segros-installed
 RUNS   ?= runs
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: install test test-fast reproduce notebooks lab clean
+.PHONY: install test test-fast reproduce notebooks lab parity clean
 
 install: $(STAMP)
 
@@ -47,5 +47,19 @@ notebooks: install
 lab: install
 	$(BIN)/jupyter lab notebooks
 
+## parity of the real adapters with the official code at tiny scale (tests/parity/). Give the
+## checkouts: make parity HARMON_REPO=... SHOWO_REPO=... RECA_REPO=... OPENUNI_REPO=...
+## (a family without its checkout is skipped); each family's pinned env is built once under .parity/
+PARITY_ENVS ?= .parity
+parity: install
+	@for fam in harmon showo openuni; do \
+	  [ -x "$(PARITY_ENVS)/$$fam/bin/python" ] || bash tests/parity/setup_$${fam}_env.sh "$(PARITY_ENVS)/$$fam" || exit 1; \
+	done
+	SEGROS_PARITY_HARMON_REPO="$(HARMON_REPO)" SEGROS_PARITY_HARMON_PYTHON="$(abspath $(PARITY_ENVS))/harmon/bin/python" \
+	SEGROS_PARITY_SHOWO_REPO="$(SHOWO_REPO)" SEGROS_PARITY_SHOWO_PYTHON="$(abspath $(PARITY_ENVS))/showo/bin/python" \
+	SEGROS_PARITY_SHOWO_RECA_REPO="$(RECA_REPO)" \
+	SEGROS_PARITY_OPENUNI_REPO="$(OPENUNI_REPO)" SEGROS_PARITY_OPENUNI_PYTHON="$(abspath $(PARITY_ENVS))/openuni/bin/python" \
+	  $(BIN)/python -m pytest tests/parity -s -q -rs
+
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache .parity
