@@ -19,9 +19,11 @@ Conventions fixed here (the paper leaves them open):
   hint embeddings are the same ``embed_image`` outputs *with* gradient (DESIGN.md: after the
   encoder's positional information).
 - Reca and "Reca + SeGroS hint filtering" (Table 9 rows 2–3, Text ×; Fig. 1(b)) condition on the
-  image prompt only: the model receives an empty prompt (the family's tokenisation of ""). The
-  hint-filtering variant still grounds with the caption to rank the hints (Table 9: "Top-30% by
-  SeGroS grounding map"); its mask is random.
+  image prompt without the caption (:func:`without_text`): Reca's caption-free reconstruction
+  instruction when the backbone is configured with it (the real adapters' ``recon_prompts``,
+  ``tokenize_recon_prompts``), else an empty prompt (the family's tokenisation of ""; the tiny
+  families always). The hint-filtering variant still grounds with the caption to rank the hints
+  (Table 9: "Top-30% by SeGroS grounding map"); its mask is random.
 - Reca's hints are every token of the hint grid, in raster order; its mask is random.
 - The batch of micro-step k is a pure function of (seed, k): a resumed run sees the same data.
 - Randomness: ``torch.manual_seed(seed)`` etc. at the start (model-internal noise); one
@@ -118,11 +120,28 @@ def to_device(batch, device):
 # -----------------------------------------------------------------------------
 # the SeGroS step (§3.2–3.4, Eq. 13) and the baselines (Table 9)
 
-def without_text(backbone, batch):
-    """The same batch with an empty prompt (Reca conditions on the image prompt only; Table 9 Text ×)."""
+def without_text(backbone, batch, generator=None):
+    """The same batch with its caption replaced by a caption-free prompt (Reca; Table 9 Text ×).
+
+    Reca conditions its reconstruction on the image and a randomly chosen *reconstruction
+    instruction* from ``get_recon_prompt_list()``, never on the caption (Reca
+    ``Harmon/src/datasets/text2image/text2image.py`` ``ReconstructionDataset._process_text``;
+    ``Show-o/training/train_recon_w_clip_vit.py``, the ``prepare_inputs_and_labels_recon`` call;
+    ``OpenUni/src/datasets/image2image/edit_datasets.py`` ``MidjourneyReconstructionDataset`` and
+    ``ImageEditDataset._process_text``). A backbone with ``tokenize_recon_prompts`` and a non-empty
+    ``recon_prompt_list`` (the real adapters with ``recon_prompts`` set through
+    ``backbone_kwargs``) gives those ids, drawn with ``generator``; any other backbone the empty
+    prompt ``tokenize_prompts([""] * B)`` (the tiny families: unchanged, ``generator`` untouched).
+    Either way ``text_valid`` is all False, so grounding must use the original batch
+    (:func:`grounded_map` in :func:`t2i_step`).
+    """
     B = batch["pixels"].shape[0]
-    empty = to_device(backbone.tokenize_prompts([""] * B), batch["pixels"].device)
-    return {**batch, **empty}
+    recon = getattr(backbone, "tokenize_recon_prompts", None)
+    if recon is not None and getattr(backbone, "recon_prompt_list", None):
+        text = recon(B, generator)
+    else:
+        text = backbone.tokenize_prompts([""] * B)
+    return {**batch, **to_device(text, batch["pixels"].device)}
 
 
 def gather_hints(z_image, hint_idx):
@@ -149,8 +168,10 @@ def t2i_step(backbone, batch, config: TrainConfig, generator):
 
     segros           (§3.4, Eq. 13): text + top-η grounded hints; seen = bottom of m̃, masked = the rest
     sft              (Fig. 1(a)): text only, random mask
-    reca             (Fig. 1(b), Table 9 row 2): no text, every visual token a hint, random mask
-    reca_hint_filter (Table 9 row 3): no text, top-η hints by the SeGroS map, random mask
+    reca             (Fig. 1(b), Table 9 row 2): no caption (:func:`without_text`), every visual token
+                     a hint, random mask
+    reca_hint_filter (Table 9 row 3): no caption in the model's input, top-η hints by the SeGroS map
+                     grounded with the caption, random mask
     """
     B = batch["pixels"].shape[0]
     N = backbone.target_grid_hw[0] * backbone.target_grid_hw[1]
@@ -170,16 +191,16 @@ def t2i_step(backbone, batch, config: TrainConfig, generator):
         rand = random_supervision(B, N, gamma, eta=0.0, generator=generator)
         all_idx = torch.arange(n_hint_grid).expand(B, n_hint_grid).clone()
         sup = on_device(Supervision(all_idx, rand.seen, rand.masked, rand.loss_weight), z_image.device)
-        return backbone.t2i_loss(without_text(backbone, batch), sup, z_image), sup, z_image
+        return backbone.t2i_loss(without_text(backbone, batch, generator), sup, z_image), sup, z_image
 
-    m_tilde = grounded_map(backbone, batch, z_image, config, generator)
+    m_tilde = grounded_map(backbone, batch, z_image, config, generator)  # the caption's batch, always
 
-    if config.method == "reca_hint_filter":
+    if config.method == "reca_hint_filter":  # grounded with the caption, conditioned without it
         rand = random_supervision(B, N, gamma, eta=0.0, generator=generator)
         sup = Supervision(top_hint_idx(m_tilde, config.eta), rand.seen, rand.masked, rand.loss_weight)
         sup = on_device(sup, z_image.device)
         hints = gather_hints(z_image, sup.hint_idx)
-        return backbone.t2i_loss(without_text(backbone, batch), sup, hints), sup, hints
+        return backbone.t2i_loss(without_text(backbone, batch, generator), sup, hints), sup, hints
 
     # segros: hints and corrupted input from the same m̃ (§3.4), resampled when the grids differ
     target_map = None

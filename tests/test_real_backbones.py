@@ -7,6 +7,7 @@ and are written here by hand, independently of the module under test.
 
 from __future__ import annotations
 
+import random
 import re
 
 import numpy as np
@@ -1050,3 +1051,197 @@ def test_openuni_loads_sana_and_dcae_folders_before_the_checkpoint(openuni_rand,
     assert all(torch.equal(own[k], v) for k, v in base.state_dict().items() if k.startswith("vae."))
     assert other.make_scheduler().config.flow_shift == 2.0
     assert all(p.requires_grad for p in other.transformer.parameters())
+
+
+# ---- Reca's caption-free reconstruction prompts (Table 9 "Text ×"; segros.train.without_text) -------
+# Our own stand-in instructions (Reca's list is its prose and is not copied here): the adapters read
+# any get_recon_prompt_list() consts.py or a text file with one instruction per line.
+
+RECON = ["a red circle", "two blue squares", "the green cross", "a yellow star left of a circle"]
+
+
+def _recon_files(tmp_path):
+    consts = tmp_path / "consts.py"
+    consts.write_text("def get_recon_prompt_list():\n    return " + repr(RECON) + "\n")
+    txt = tmp_path / "recon.txt"
+    txt.write_text("\n".join(RECON) + "\n\n")
+    return str(consts), str(txt)
+
+
+def _qwen_like_tokenizer(extra=()):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "parity"))
+    import openuni_tokenizer
+    return openuni_tokenizer.build(openuni_tokenizer.train_spec(extra=tuple(extra)))
+
+
+def test_read_recon_prompts_from_recas_consts_or_a_text_file(tmp_path):
+    from segros.backbones.base import read_recon_prompts
+    consts, txt = _recon_files(tmp_path)
+    assert read_recon_prompts(consts) == RECON and read_recon_prompts(txt) == RECON
+    (tmp_path / "other.py").write_text("X = 1\n")
+    for bad in (str(tmp_path / "missing.txt"), str(tmp_path / "other.py")):
+        with pytest.raises(ValueError):
+            read_recon_prompts(bad)
+
+
+def test_harmon_recon_prompt_ids_are_recas(tmp_path):
+    # Reca ReconstructionDataset._process_text: choice, then uniform; "\n{instruction}" in the chat
+    # template, encoded in one piece: Qwen's pre-tokenizer keeps "user\n" + "\n" as one "\n\n" token
+    consts, _ = _recon_files(tmp_path)
+    tok = _qwen_like_tokenizer(["user\n\n" + t for t in RECON])
+    sid, enc = tok.convert_tokens_to_ids, (lambda s: tok.encode(s, add_special_tokens=False))
+    tail = [sid("<|im_end|>"), sid("Ċ"), sid("<|im_start|>"), sid("assistant"), sid("Ċ")]
+    for prob, newline, text in ((0.0, "ĊĊ", None), (1.0, "Ċ", "Generate an image.")):
+        m = build_harmon("tiny", tokenizer=tok, recon_prompts=consts, text_free_prob=prob)
+        out = m.tokenize_recon_prompts(6, torch.Generator().manual_seed(3))
+        replay = torch.Generator().manual_seed(3)
+        for i in range(6):
+            k = int(torch.randint(len(RECON), (1,), generator=replay))
+            torch.rand((), generator=replay)
+            expected = [sid("<|im_start|>"), sid("user"), sid(newline), *enc(text or RECON[k]), *tail]
+            n = int(out["attention_mask"][i].sum())
+            assert out["input_ids"][i, :n].tolist() == expected, (prob, i)
+        assert not out["text_valid"].any()
+
+
+def test_showo_recon_prompt_ids_are_recas(tmp_path, showo):
+    # Reca train_recon_w_clip_vit.py: f"USER: \n { random.choice(recon_prompt_list) } ASSISTANT:"
+    # through t2i_clip_recon_prompt: [mmu][soi] | hints | [eoi][bos] words [eos][pad ...]
+    consts, _ = _recon_files(tmp_path)
+    m = build_showo("tiny", tokenizer=showo.tokenizer, recon_prompts=consts)
+    tok, sid = m.tokenizer, m.special_id
+    assert m.recon_texts(1, random.Random(7)) == ["USER: \n " + random.Random(7).choice(RECON) + " ASSISTANT:"]
+    out = m.tokenize_recon_prompts(5, random.Random(7))
+    replay = random.Random(7)
+    words = m.prompt_words(out["input_ids"], out["attention_mask"])
+    ids, _ = m.hinted_text_block(words)
+    for i in range(5):
+        w = ["user", ":", *replay.choice(RECON).split(), "assistant", ":"]
+        expected = [tok.convert_tokens_to_ids(x) for x in w]
+        assert words[i] == expected
+        row = [sid("<|mmu|>"), sid("<|soi|>"), sid("<|eoi|>"), tok.bos_token_id, *expected, tok.eos_token_id]
+        assert ids[i, :len(row)].tolist() == row and (ids[i, len(row):] == sid("<|pad|>")).all()
+    assert not out["text_valid"].any()
+
+
+def test_openuni_recon_prompt_ids_are_recas(tmp_path):
+    # Reca MidjourneyReconstructionDataset + ImageEditDataset._process_text: no "Generate an image:";
+    # with hint_layout="reca" the LLM input is Reca's string encoded in one piece
+    consts, _ = _recon_files(tmp_path)
+    tok = _qwen_like_tokenizer()
+    sid, enc = tok.convert_tokens_to_ids, (lambda s: tok.encode(s, add_special_tokens=False))
+    m = build_openuni("tiny", tokenizer=tok, recon_prompts=consts).eval()
+    out = m.tokenize_recon_prompts(3, torch.Generator().manual_seed(1))
+    replay = torch.Generator().manual_seed(1)
+    h = 3
+    ctx = m.embed_text(torch.tensor([[sid("<IMG_CONTEXT>")]])).expand(3, h, -1)
+    embeds, _, real = m._sequence(out["input_ids"], out["attention_mask"], ctx)
+    for i in range(3):
+        instruction = RECON[int(torch.randint(len(RECON), (1,), generator=replay))]
+        expected = [sid("<|im_start|>"), sid("user"), sid("Ċ"), *enc(instruction), sid("<|im_end|>"), sid("Ċ"),
+                    sid("<|im_start|>"), sid("assistant"), sid("Ċ"), sid("<img>")]
+        n = int(out["attention_mask"][i].sum())
+        assert out["input_ids"][i, :n].tolist() == expected
+        reca = enc("<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * h + "</img>\n" + instruction
+                   + "<|im_end|>\n<|im_start|>assistant\n<img>")
+        assert torch.equal(embeds[i][real[i]], m.embed_text(torch.tensor([reca]))[0])
+    assert not out["text_valid"].any()
+
+
+def test_recon_prompt_choice_is_seeded(tmp_path, tok, showo):
+    consts, txt = _recon_files(tmp_path)
+    for m in (build_harmon("tiny", tokenizer=tok, recon_prompts=txt, text_free_prob=0.3),
+              build_showo("tiny", tokenizer=showo.tokenizer, recon_prompts=consts)):
+        for make in (lambda s: torch.Generator().manual_seed(s), random.Random):
+            a, b, c = (m.tokenize_recon_prompts(8, make(s))["input_ids"] for s in (0, 0, 1))
+            assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_without_text_uses_recon_prompts_only_when_configured(tmp_path, harmon, tok):
+    from segros.train import without_text
+    consts, _ = _recon_files(tmp_path)
+    batch = _batch(harmon)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    # no recon_prompts: the empty prompt, as before, and the generator is not touched
+    out = without_text(harmon, batch, g)
+    empty = harmon.tokenize_prompts(["", ""])
+    assert all(torch.equal(out[k], empty[k]) for k in empty) and out["pixels"] is batch["pixels"]
+    assert torch.equal(g.get_state(), state)
+    with pytest.raises(ValueError, match="recon_prompts"):
+        harmon.tokenize_recon_prompts(2, g)
+    # configured: Reca's instruction, drawn from the given generator
+    m = build_harmon("tiny", tokenizer=tok, recon_prompts=consts)
+    out = without_text(m, batch, g)
+    ref = m.tokenize_recon_prompts(2, torch.Generator().set_state(state))
+    assert all(torch.equal(out[k], ref[k]) for k in ref) and not torch.equal(g.get_state(), state)
+    assert not out["text_valid"].any()
+
+
+@pytest.mark.parametrize("method", ["reca", "reca_hint_filter"])
+def test_reca_baselines_condition_on_the_instruction_and_ground_with_the_caption(tmp_path, tok, monkeypatch,
+                                                                                  method):
+    from segros import train as T
+    from segros.presets import TrainConfig
+    path = tmp_path / "one.txt"
+    path.write_text("a red circle left of a blue square\n")
+    torch.manual_seed(0)
+    m = build_harmon("tiny", tokenizer=tok, recon_prompts=str(path)).eval()
+    batch = _batch(m)
+    seen = {}
+    ground = T.ground
+
+    def spy_ground(z_text, z_image, text_valid, **kw):
+        seen["z_text"], seen["text_valid"] = z_text, text_valid
+        return ground(z_text, z_image, text_valid, **kw)
+
+    loss = m.t2i_loss
+
+    def spy_loss(b, sup, hints, **kw):
+        seen["batch"] = b
+        return loss(b, sup, hints, **kw)
+
+    monkeypatch.setattr(T, "ground", spy_ground)
+    monkeypatch.setattr(m, "t2i_loss", spy_loss)
+    T.t2i_step(m, batch, TrainConfig(method=method), torch.Generator().manual_seed(1))
+    conditioned = seen["batch"]
+    assert torch.equal(conditioned["input_ids"], m.tokenize_recon_prompts(2)["input_ids"])
+    assert not conditioned["text_valid"].any() and conditioned["pixels"] is batch["pixels"]
+    if method == "reca":
+        assert "text_valid" not in seen  # Reca's hints are every token: nothing is grounded
+        return
+    # the grounding map of the hint filter comes from the caption, not from the instruction
+    assert seen["text_valid"].any() and torch.equal(seen["text_valid"], batch["text_valid"])
+    with torch.no_grad():
+        assert torch.equal(seen["z_text"], m.embed_text(batch["input_ids"]).float())
+
+
+def test_showo_cond_dropout_on_the_native_training_path_only(showo):
+    from segros.backbones.showo import SIZES as SHOWO_SIZES
+    # official Show-o configs (and Reca's): training.cond_dropout_prob 0.1
+    assert SHOWO_SIZES["256"].cond_dropout_prob == SHOWO_SIZES["512"].cond_dropout_prob == 0.1
+    always = build_showo("tiny", tokenizer=showo.tokenizer, cond_dropout_prob=1.0)
+    always.load_state_dict(showo.state_dict())
+    batch = _showo_batch(showo)
+    sup = _supervision(_masked(n=16, k=10))
+    hints = showo.embed_image(batch["pixels"]).z_image[:, :4]
+    uncond = {**batch, **showo.tokenize_prompts(["", ""])}
+    with torch.no_grad():
+        plain, dropped = showo.t2i_loss(batch, sup, None), showo.t2i_loss(uncond, sup, None)
+        hinted = showo.t2i_loss(batch, sup, hints)
+        assert (plain - dropped).abs() > 1e-6
+        torch.testing.assert_close(always.train().t2i_loss(batch, sup, None), dropped)  # t2i_prompt's [t2i][bos][eos]
+        torch.testing.assert_close(always.t2i_loss(batch, sup, hints), hinted)  # hinted paths never drop
+        torch.testing.assert_close(always.eval().t2i_loss(batch, sup, None), plain)  # not at evaluation
+    # which rows: torch.rand(B) < cond_dropout_prob, as UniversalPrompting.t2i_prompt
+    half = build_showo("tiny", tokenizer=showo.tokenizer, cond_dropout_prob=0.5)
+    text = half.tokenize_prompts(["a red circle"] * 16)
+    ids, att = half.drop_conditions(text["input_ids"], text["attention_mask"], torch.Generator().manual_seed(2))
+    drop = torch.rand(16, generator=torch.Generator().manual_seed(2)) < 0.5
+    empty = half.tokenize_prompts([""])
+    assert 0 < int(drop.sum()) < 16
+    for i in range(16):
+        src = empty if drop[i] else {k: v[i:i + 1] for k, v in text.items()}
+        assert torch.equal(ids[i], src["input_ids"][0]) and torch.equal(att[i], src["attention_mask"][0])

@@ -53,6 +53,8 @@ A batch is a plain ``dict`` of tensors. T2I batches carry ``pixels`` [B, 3, H, W
 from __future__ import annotations
 
 import abc
+import os
+import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -78,6 +80,49 @@ def resize_to_pixels(images: Sequence[Any], size: int) -> torch.Tensor:
         im = im.convert("RGB").resize((size, size), Image.BICUBIC)
         out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
     return torch.stack(out)
+
+
+def read_recon_prompts(path: str) -> list[str]:
+    """Reca's caption-free reconstruction instructions, read from ``path`` (the real adapters' ``recon_prompts``).
+
+    A ``.py`` file is one of Reca's ``consts.py`` (wishhyt/reconstruction-alignment: Harmon
+    ``Harmon/src/datasets/text2image/consts.py``, Show-o ``Show-o/training/consts.py``, OpenUni
+    ``OpenUni/src/datasets/image2image/consts.py``; the three ``get_recon_prompt_list()`` return the
+    same 364 strings): the file is run and its ``get_recon_prompt_list()`` called. Any other file
+    holds one instruction per line (surrounding whitespace and blank lines dropped). The strings
+    themselves are Reca's prose and are not copied into this repository.
+    """
+    import runpy
+
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        raise ValueError(f"recon_prompts must name a file (Reca's consts.py or one instruction per line), got {path!r}")
+    if str(path).endswith(".py"):
+        fn = runpy.run_path(str(path)).get("get_recon_prompt_list")
+        if not callable(fn):
+            raise ValueError(f"{path!r} defines no get_recon_prompt_list()")
+        prompts = list(fn())
+    else:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"{path!r} gives no reconstruction instructions (or an empty one)")
+    return prompts
+
+
+def draw_choice(options: Sequence[Any], generator=None):
+    """One uniform pick from ``options``: ``torch.randint`` on a ``torch.Generator``, else
+    ``choice`` of a ``random.Random`` (or of Python's global ``random``, which Reca's
+    ``random.choice(...)`` uses)."""
+    if isinstance(generator, torch.Generator):
+        return options[int(torch.randint(len(options), (1,), generator=generator, device=generator.device))]
+    return (generator or random).choice(options)
+
+
+def draw_uniform(generator=None) -> float:
+    """One U[0, 1) draw from the same kinds of generator as :func:`draw_choice` (Reca: ``random.uniform(0, 1)``)."""
+    if isinstance(generator, torch.Generator):
+        return float(torch.rand((), generator=generator, device=generator.device))
+    return (generator or random).uniform(0, 1)
 
 
 @dataclass

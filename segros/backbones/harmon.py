@@ -39,7 +39,25 @@ Conventions this module fixes (the paper and the official code leave them open):
   instruction "Generate an image:" (grounding uses what the user asked for).
 * Reca's options (config, off for SeGroS unless set): ``hint_grad_scale`` multiplies the gradient
   that flows back into the hint embeddings (Reca: 0.1); ``text_free_prob`` replaces a prompt by
-  "Generate an image." with that probability in :meth:`drop_prompts` (Reca: 0.1).
+  "Generate an image." with that probability in :meth:`drop_prompts` and
+  :meth:`tokenize_recon_prompts` (Reca: ``unconditional=0.1``); ``recon_prompts`` names Reca's
+  ``Harmon/src/datasets/text2image/consts.py`` (or a text file, one instruction per line; see
+  :func:`segros.backbones.base.read_recon_prompts`).
+* Reca's text for its caption-free reconstruction (the Reca baselines, Table 9 "Text ×", Table 1's
+  Reca rows), Reca ``Harmon/src/datasets/text2image/text2image.py``
+  ``ReconstructionDataset._process_text`` (and the same method of ``MidjourneyReconstructionDataset``,
+  the dataset of Reca's ``configs/examples/reca.py``): ``prompt = random.choice(get_recon_prompt_list())``;
+  with probability ``unconditional`` (0.1) the text is "Generate an image.", else ``f"\\n{prompt}"``;
+  ``prompt_template['INSTRUCTION']`` (xtuner ``qwen_chat``: :data:`INSTRUCTION`) around it, one
+  ``tokenizer.encode`` (Qwen adds no special tokens), the image slot (-200, expanded to 1088 tokens
+  in ``harmon_dev.py`` ``HarmonDev.recon_loss``) inserted after the first 3 ids, truncated to
+  ``max_length=128`` (``configs/datasets/qwen2_5_1_5b/reconstruction_mid.py``). With
+  ``recon_prompts`` set, :meth:`tokenize_recon_prompts` gives those ids without the slot and
+  :func:`segros.train.without_text` uses them; without it the Reca baselines get the empty prompt
+  (:meth:`tokenize_prompts` of "", i.e. "Generate an image."). The hints stay prepended (above), and
+  they are ``embed_image`` (no buffer tokens), where Reca inserts all 1088 encoder tokens after
+  ``<|im_start|>user\\n`` (``\\n\\n`` before an instruction: Qwen merges the two newlines), under
+  Harmon's causal mask.
 * The diffusion loss is the eps-MSE of Eq. 17 only (see :mod:`segros.backbones._mar`).
 
 Checkpoints (:mod:`segros.backbones.checkpoints`): ``harmon_0.5b.pth`` / ``harmon_1.5b.pth`` hold
@@ -66,12 +84,15 @@ from torch import nn
 
 from segros.attention import segros_attention_mask
 from segros.backbones._mar import MAR, AutoencoderKL, sample_tokens
-from segros.backbones.base import Backbone, VisualTokens, resize_to_pixels
+from segros.backbones.base import (Backbone, VisualTokens, draw_choice, draw_uniform, read_recon_prompts,
+                                   resize_to_pixels)
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
 UNCOND_PROMPT = "Generate an image."
 IMAGE_TOKEN_INDEX = -200  # placeholder id of image slots in I2T input_ids (xtuner convention)
+# Reca Harmon/configs/datasets/qwen2_5_1_5b/reconstruction_mid.py: max_length=128 (ids incl. the image slot)
+RECA_RECON_MAX_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,7 @@ class HarmonConfig:
     image_attention: str = "fig6"  # "fig6" | "native"
     hint_grad_scale: float = 1.0  # Reca: 0.1
     text_free_prob: float = 0.0  # Reca: 0.1
+    recon_prompts: str | None = None  # Reca's consts.py or a text file: tokenize_recon_prompts (module docstring)
     # generation
     cfg: float = 3.0
     num_iter: int = 64
@@ -184,6 +206,7 @@ class Harmon(Backbone):
         self.cfg = cfg
         self.family = "harmon"
         self.tokenizer = tokenizer
+        self.recon_prompt_list = read_recon_prompts(cfg.recon_prompts) if cfg.recon_prompts else None
         self.vae = AutoencoderKL(cfg.vae_embed_dim, cfg.vae_ch, cfg.vae_ch_mult, cfg.vae_num_res_blocks,
                                  resolution=cfg.vae_resolution)
         self.vae.requires_grad_(False)
@@ -368,6 +391,27 @@ class Harmon(Backbone):
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def tokenize_recon_prompts(self, batch_size: int, generator=None) -> dict[str, torch.Tensor]:
+        """Reca's caption-free reconstruction prompts (``ReconstructionDataset._process_text``), one per row.
+
+        Per row, in Reca's order: an instruction drawn from ``recon_prompt_list``, then a U[0, 1)
+        draw; below ``text_free_prob`` the text is "Generate an image.", else "\\n{instruction}";
+        the chat template around it is encoded in one piece (Qwen merges "user\\n" + "\\n" into
+        "\\n\\n"), at most ``RECA_RECON_MAX_LENGTH - 1`` ids, right-padded. ``generator``: a
+        ``torch.Generator``, a ``random.Random`` or None (Python's ``random``, as Reca). Reca's image
+        slot after the first 3 ids is not in these ids (the hints are placed by :meth:`t2i_loss`).
+        ``text_valid`` is all False: there is no caption to ground.
+        """
+        if not self.recon_prompt_list:
+            raise ValueError("tokenize_recon_prompts needs the config field recon_prompts (Reca's consts.py "
+                             "or a text file with one instruction per line)")
+        rows = []
+        for _ in range(batch_size):
+            instruction = draw_choice(self.recon_prompt_list, generator)
+            text = UNCOND_PROMPT if draw_uniform(generator) < self.cfg.text_free_prob else "\n" + instruction
+            rows.append(self._encode(INSTRUCTION.format(input=text))[:RECA_RECON_MAX_LENGTH - 1])
+        return self._pad(rows, [[False] * len(r) for r in rows])
 
     def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """"Generate an image: {text}" in the chat template; an empty text gives the unconditional prompt."""

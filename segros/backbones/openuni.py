@@ -61,11 +61,25 @@ How SeGroS applies to OpenUni (the paper gives no equation for it; this is our r
   image2image/edit_datasets.py`` ``ImageEditDataset._process_text`` and ``internvl3_sana_hf.py``
   ``image2image_loss``: ``<|im_start|>user\\n<img>`` + features in the ``<IMG_CONTEXT>`` slots +
   ``</img>\\n{text}<|im_end|>\\n<|im_start|>assistant\\n<img>`` + queries); here ``{text}`` is the
-  generation prompt "Generate an image: {caption}" (Reca's reconstruction text is a fixed or random
-  description instruction, ``consts.py``; its batches are left-padded, which the ``cumsum`` position
-  ids make equivalent). The MLLM is frozen, so the hints stay where InternVL has seen image
+  generation prompt "Generate an image: {caption}" (Reca's batches are left-padded, which the
+  ``cumsum`` position ids make equivalent). The MLLM is frozen, so the hints stay where InternVL has seen image
   features. ``"prepend"`` puts them before the chat template, the literal reading of §8.2 / Fig. 6
   (``[hints][chat prompt][queries]``), as the Harmon adapter does.
+* Reca's text (its caption-free reconstruction: the Reca baselines, Table 9 "Text ×", Table 1's Reca
+  rows). Reca ``OpenUni/configs/finetune/reca_1_0.6.py`` and ``reca_2_1.6.py`` train on
+  ``configs/datasets/internvl3_1b_512/midjourney_reconstruct.py``, i.e. ``src/datasets/image2image/
+  edit_datasets.py`` ``MidjourneyReconstructionDataset``: ``__getitem__`` draws ``prompt =
+  random.choice(self.prompt_list)`` (``src/datasets/image2image/consts.py``
+  ``get_recon_prompt_list()``) and ``ImageEditDataset._process_text`` builds
+  ``INSTRUCTION.format(input=f"<img>{'<IMG_CONTEXT>' * 256}</img>\\n{prompt}") + "<img>"``
+  (``IMG_START_TOKEN_FOR_GENERATION`` unset, so True), one ``tokenizer.encode`` (``tokenizer_kwargs``
+  ``add_special_tokens=True``; InternVL3's tokenizer adds none). No "Generate an image:" prefix and
+  no unconditional drop there (``ReconstructDataset``'s fixed "Keep the image as it is." is not in
+  Reca's fine-tuning configs). With ``recon_prompts`` naming that ``consts.py`` (or a text file, one
+  instruction per line), :meth:`OpenUni.tokenize_recon_prompts` gives the same ids without the
+  image block and :func:`segros.train.without_text` uses them; with ``hint_layout="reca"`` the
+  sequence is Reca's. Without ``recon_prompts`` the Reca baselines get the empty prompt
+  ("Generate an image.").
 * Attention, ``image_attention``: ``"native"`` (default) keeps OpenUni's causal mask for the
   queries and applies Fig. 6 to the hints (bidirectional among themselves, blind to everything
   else; text and queries see them). Without hints it is exactly the official attention, so the
@@ -102,7 +116,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segros.backbones.base import Backbone, VisualTokens, resize_to_pixels
+from segros.backbones.base import Backbone, VisualTokens, draw_choice, read_recon_prompts, resize_to_pixels
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
@@ -159,6 +173,7 @@ class OpenUniConfig:
     hint_layout: str = "reca"  # "reca" | "prepend"
     image_attention: str = "native"  # "native" | "fig6"
     sampler: str = "dpm"  # "dpm" (official DPM-Solver++) | "euler"
+    recon_prompts: str | None = None  # Reca's consts.py or a text file: tokenize_recon_prompts (module docstring)
     flow_shift: float = 3.0
     cfg: float = 4.5
     num_steps: int = 20
@@ -407,6 +422,7 @@ class OpenUni(Backbone):
         self.cfg = cfg
         self.family = "openuni"
         self.tokenizer = tokenizer
+        self.recon_prompt_list = read_recon_prompts(cfg.recon_prompts) if cfg.recon_prompts else None
         self.scheduler_config: dict | None = None  # set from a SANA folder by load_openuni(sana_path=...)
         if lmm is None:
             vocab = cfg.vocab_size or len(tokenizer)
@@ -610,6 +626,9 @@ class OpenUni(Backbone):
                 flags[a:len(full) - z] = [True] * (len(full) - z - a)
             rows.append(full)
             valid.append(flags)
+        return self._pad(rows, valid)
+
+    def _pad(self, rows, valid) -> dict[str, torch.Tensor]:
         length = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), length), pad, dtype=torch.long)
@@ -617,8 +636,26 @@ class OpenUni(Backbone):
         tv = torch.zeros(len(rows), length, dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, :len(r)], att[i, :len(r)] = torch.tensor(r), 1
-            tv[i, :len(r)] = torch.tensor(valid[i])
+            tv[i, :len(r)] = torch.tensor(valid[i], dtype=torch.bool)
         return {"input_ids": ids, "attention_mask": att, "text_valid": tv}
+
+    def tokenize_recon_prompts(self, batch_size: int, generator=None) -> dict[str, torch.Tensor]:
+        """Reca's caption-free reconstruction prompts, one per row (module docstring), encoded in one piece.
+
+        Per row: ``<|im_start|>user\\n{instruction}<|im_end|>\\n<|im_start|>assistant\\n<img>`` with an
+        instruction drawn from ``recon_prompt_list`` (no "Generate an image:" prefix, no
+        unconditional drop); ``hint_layout="reca"`` then inserts ``<img>`` hints ``</img>\\n`` after
+        ``<|im_start|>user\\n``, which gives Reca's ``ImageEditDataset._process_text`` sequence.
+        ``generator``: a ``torch.Generator``, a ``random.Random`` or None (Python's ``random``, as
+        Reca). ``text_valid`` is all False.
+        """
+        if not self.recon_prompt_list:
+            raise ValueError("tokenize_recon_prompts needs the config field recon_prompts (Reca's consts.py "
+                             "or a text file with one instruction per line)")
+        pre, post = INSTRUCTION.split("{input}")
+        rows = [self._encode(pre + draw_choice(self.recon_prompt_list, generator) + post + IMG_START)
+                for _ in range(batch_size)]
+        return self._pad(rows, [[False] * len(r) for r in rows])
 
     def i2t_batch(self, images, questions, answers):
         raise NotImplementedError("OpenUni trains no I2T loss (λ = 0 in Table 7)")

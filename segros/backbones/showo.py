@@ -37,6 +37,14 @@ given; the 4-D additive mask is used as it is, ``phi.py`` skips transformers' ma
   the image block ``[soi] codes [eoi]`` sees every non-pad token both ways, no real token sees
   padding. That is :func:`segros.attention.segros_attention_mask` with no hints and the image block
   = ``[soi] codes [eoi]`` (equal on every non-pad query; padding rows differ and are never read).
+  Condition dropout (``cond_dropout_prob``, default 0.1, in ``t2i_loss`` without hints and in
+  training mode only): official ``training/train.py`` / ``train_w_clip_vit.py`` build
+  ``UniversalPrompting(..., cond_dropout_prob=config.training.cond_dropout_prob)``, 0.1 in every
+  official config (``configs/showo_*.yaml``) and in Reca's ``showo_reca*_clip.yaml``, and
+  ``t2i_prompt`` replaces a row by ``[t2i][bos][eos]`` when ``torch.rand(B)[i] < cond_dropout_prob``
+  (:meth:`Showo.drop_conditions`). It is on by default because the SFT baseline of Table 1 ("SFT*",
+  "reproduced using the official implementations") is Show-o's own T2I fine-tuning, which drops at
+  0.1; set 0 to train without it. The hinted paths (SeGroS, Reca) never drop.
 * Hinted T2I (SeGroS and the Reca baselines), Reca's ``UniversalPrompting.t2i_clip_recon_prompt`` +
   ``prepare_inputs_and_labels_recon`` with the visual hints in the slots of the 576 CLIP tokens:
   ``[mmu][soi] hints [eoi][bos] text [eos][pad ...]`` (the ids RIGHT-padded to 128 slots, hints
@@ -46,9 +54,14 @@ given; the 4-D additive mask is used as it is, ``phi.py`` skips transformers' ma
   other both ways; no token sees padding. Restricted to hints, words and codes this is exactly
   Fig. 6 (hints bidirectional and blind to what follows, text causal after the hints, codes see
   everything); the special tokens follow Reca. Reca's text in this slot is not the caption but
-  ``"USER: \n {instruction} ASSISTANT:"`` with a random ``training/consts.py``
-  ``get_recon_prompt_list()`` instruction; SeGroS conditions on the caption (Eq. 15), and the Reca
-  baselines of :mod:`segros.train` (``without_text``) use the empty prompt.
+  ``f"USER: \\n { random.choice(recon_prompt_list) } ASSISTANT:"`` per row (Reca
+  ``Show-o/training/train_recon_w_clip_vit.py``, the ``prepare_inputs_and_labels_recon`` call;
+  ``recon_prompt_list = training/consts.py get_recon_prompt_list()``), tokenized by
+  ``UniversalPrompting.__call__`` (``'t2i_clip_recon'``: ``text_tokenizer(texts)['input_ids']``, Phi
+  adds no special tokens). SeGroS conditions on the caption (Eq. 15). The Reca baselines of
+  :mod:`segros.train` (``without_text``) use :meth:`Showo.tokenize_recon_prompts` (exactly those
+  words) when the config names Reca's ``consts.py`` in ``recon_prompts`` (or a text file, one
+  instruction per line), else the empty prompt (no words: ``[mmu][soi] hints [eoi][bos][eos]``).
 * Loss (``modeling_showo.py`` ``Showo.forward``, Reca's ``type='recon'`` branch): logits at the
   code positions (no shift: the logit at a code slot predicts that slot) over the whole
   vocabulary, cross-entropy of the true code ids at the masked codes, token mean over the batch
@@ -103,7 +116,7 @@ from torch import nn
 
 from segros.attention import bool_to_additive, segros_attention_mask
 from segros.backbones._mar import VAEDecoder, VAEEncoder
-from segros.backbones.base import Backbone, VisualTokens, resize_to_pixels
+from segros.backbones.base import Backbone, VisualTokens, draw_choice, read_recon_prompts, resize_to_pixels
 
 # UniversalPrompting's order: '[PAD]' (named <|pad|> in sptids_dict) first, then the nine task tokens
 SPECIAL_TOKENS = ["<|pad|>", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>",
@@ -151,6 +164,11 @@ class ShowoConfig:
     # CLIP input of embed_image (hints, grounding): "reca" = [-1, 1] pixels, bilinear to 336, no CLIP
     # normalisation (Reca's reconstruction path); "clip" = bicubic + CLIP mean/std (LLaVA processor)
     hint_preprocess: str = "reca"
+    # native (no-hint) T2I training: each row's prompt becomes the unconditional [t2i][bos][eos] with
+    # this probability (UniversalPrompting.t2i_prompt, cond_dropout_prob 0.1 in every official config)
+    cond_dropout_prob: float = 0.1
+    # Reca's consts.py or a text file: caption-free reconstruction prompts (tokenize_recon_prompts)
+    recon_prompts: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -263,9 +281,12 @@ class Showo(Backbone):
 
         if cfg.hint_preprocess not in ("reca", "clip"):
             raise ValueError(f"hint_preprocess must be 'reca' or 'clip', got {cfg.hint_preprocess!r}")
+        if not 0.0 <= cfg.cond_dropout_prob <= 1.0:
+            raise ValueError(f"cond_dropout_prob must be in [0, 1], got {cfg.cond_dropout_prob}")
         self.cfg = cfg
         self.family = "showo"
         self.tokenizer = tokenizer
+        self.recon_prompt_list = read_recon_prompts(cfg.recon_prompts) if cfg.recon_prompts else None
         self.text_vocab = cfg.llm_vocab_size or len(tokenizer)
         if cfg.llm_vocab_size == 0:
             cfg = replace(cfg, llm_vocab_size=self.text_vocab)
@@ -451,7 +472,10 @@ class Showo(Backbone):
             raise ValueError(f"hints must be [B, H, D] = [{b}, H, {self.width}], got {tuple(hints.shape)}")
         targets = codes + self.code_offset
         image_ids = torch.where(masked, torch.full_like(targets, self.mask_id), targets)
-        logits = self.logits_for(batch["input_ids"], batch["attention_mask"], image_ids, hints)
+        text_ids, text_mask = batch["input_ids"], batch["attention_mask"]
+        if hints is None and self.training and self.cfg.cond_dropout_prob > 0:
+            text_ids, text_mask = self.drop_conditions(text_ids, text_mask, generator)
+        logits = self.logits_for(text_ids, text_mask, image_ids, hints)
         return masked_token_nll(logits, targets, supervision.loss_weight.to(self.device))
 
     def i2t_sequence(self, batch: Mapping[str, torch.Tensor]):
@@ -491,6 +515,46 @@ class Showo(Backbone):
 
     def _words(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def drop_conditions(self, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``UniversalPrompting.t2i_prompt``'s condition dropout: ``probs = torch.rand(B)``; a row with
+        ``probs[i] < cond_dropout_prob`` becomes the unconditional ``[pad ...][t2i][bos][eos]``.
+
+        ``generator`` (CPU) or, as the official code, torch's global generator. Rows from :meth:`tokenize_prompts`.
+        """
+        probs = torch.rand(text_ids.shape[0], generator=generator)
+        drop = (probs < self.cfg.cond_dropout_prob).to(text_ids.device)
+        if not bool(drop.any()):
+            return text_ids, text_mask
+        empty = self.tokenize_prompts([""])
+        if empty["input_ids"].shape[1] != text_ids.shape[1]:
+            raise ValueError(f"text rows must come from tokenize_prompts ({empty['input_ids'].shape[1]} slots), "
+                             f"got {text_ids.shape[1]}")
+        e_ids = empty["input_ids"].to(text_ids.device).expand_as(text_ids)
+        e_mask = empty["attention_mask"].to(text_mask.device, text_mask.dtype).expand_as(text_mask)
+        return torch.where(drop[:, None], e_ids, text_ids), torch.where(drop[:, None], e_mask, text_mask)
+
+    def recon_texts(self, batch_size: int, generator=None) -> list[str]:
+        """Reca's caption-free reconstruction texts, one per row (Reca ``Show-o/training/
+        train_recon_w_clip_vit.py``, the ``prepare_inputs_and_labels_recon`` call:
+        ``f"USER: \\n { random.choice(recon_prompt_list) } ASSISTANT:"``, i.e. ``"USER: \\n " +
+        instruction + " ASSISTANT:"``). ``generator``: a ``torch.Generator``, a ``random.Random`` or
+        None (Python's ``random``, as Reca)."""
+        if not self.recon_prompt_list:
+            raise ValueError("tokenize_recon_prompts needs the config field recon_prompts (Reca's consts.py "
+                             "or a text file with one instruction per line)")
+        return [f"USER: \n {draw_choice(self.recon_prompt_list, generator)} ASSISTANT:" for _ in range(batch_size)]
+
+    def tokenize_recon_prompts(self, batch_size: int, generator=None) -> dict[str, torch.Tensor]:
+        """:meth:`recon_texts` as :meth:`tokenize_prompts` rows, ``text_valid`` all False.
+
+        In the hinted layout (:meth:`sequence`) their words give exactly Reca's
+        ``t2i_clip_recon_prompt`` ids (``text_tokenizer(texts)['input_ids']``, Phi adds no special tokens).
+        """
+        out = self.tokenize_prompts(self.recon_texts(batch_size, generator))
+        out["text_valid"] = torch.zeros_like(out["text_valid"])
+        return out
 
     def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``t2i_gen_prompt``'s text block: ``[pad ...][t2i][bos] text [eos]`` LEFT-padded to 1 + max_text_len.

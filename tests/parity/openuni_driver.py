@@ -7,6 +7,8 @@ own constructor from a tiny remote-code ``InternVLChatModel`` (src/models/intern
 configs build them from SANA's scheduler folder, the prompt template of
 configs/datasets/internvl3_1b_512/processors.py and a tiny BPE tokenizer (openuni_tokenizer.py);
 loads ``inputs["state_dict"]`` (official key names) and writes what the official methods compute.
+With ``inputs["reca_openuni"]`` (Reca's ``OpenUni`` folder) also Reca's reconstruction prompt ids
+(:func:`reca_recon_ids`).
 
 Stubs (imported only for the registry, BaseModel, logging, checkpoint helpers and LoRA, none of
 which these computations use): ``xtuner.registry`` (BUILDER returns a built object as it is),
@@ -15,6 +17,8 @@ which these computations use): ``xtuner.registry`` (BUILDER returns a built obje
 fail to import beside a CPU torch. flash-attn is absent, so InternViT and Qwen2 run eager attention.
 """
 
+import ast
+import importlib.util
 import os
 import sys
 
@@ -84,6 +88,48 @@ def build(data):
     return model.eval(), info
 
 
+def _load_file(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _init_default(path, cls, arg):
+    """The default of ``cls.__init__``'s ``arg`` in ``path``, read from the source."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+            args = init.args.args[len(init.args.args) - len(init.args.defaults):]
+            default = next(d for a, d in zip(args, init.args.defaults) if a.arg == arg)
+            return eval(compile(ast.Expression(default), path, "eval"), {"dict": dict})
+    raise RuntimeError(f"no {cls}.__init__({arg}=...) in {path}")
+
+
+def reca_recon_ids(root, tokenizer, instruction):
+    """Reca's ``MidjourneyReconstructionDataset`` (``src/datasets/image2image/edit_datasets.py``; the data
+    of ``configs/finetune/reca_1_0.6.py`` through ``configs/datasets/internvl3_1b_512/
+    midjourney_reconstruct.py``): ``__getitem__`` hands ``random.choice(self.prompt_list)`` to
+    ``ImageEditDataset._process_text``; here ``instruction``, with the ``prompt_template`` and
+    ``image_length`` of Reca's ``configs/datasets/internvl3_1b_512/processors.py`` and
+    ``CaptionDataset``'s default ``tokenizer_kwargs``. Stubbed imports: ``crop2square``, the
+    ``CaptionDataset`` base (its ``__init__`` is not run) and ``consts`` (the list is not used)."""
+    for name, attrs in (("src.datasets.utils", dict(crop2square=None)),
+                        ("src.datasets.text2image.caption_datasets", dict(CaptionDataset=torch.utils.data.Dataset)),
+                        ("src.datasets.image2image.consts", dict(get_recon_prompt_list=lambda: [instruction]))):
+        if name not in sys.modules:
+            _stub(name, **attrs)
+    edit = _load_file("reca_edit_datasets", os.path.join(root, "src", "datasets", "image2image", "edit_datasets.py"))
+    proc = _load_file("reca_processors", os.path.join(root, "configs", "datasets", "internvl3_1b_512", "processors.py"))
+    ds = edit.MidjourneyReconstructionDataset.__new__(edit.MidjourneyReconstructionDataset)
+    ds.prompt_template, ds.image_length, ds.tokenizer = proc.prompt_template, proc.image_length, tokenizer
+    ds.tokenizer_kwargs = _init_default(os.path.join(root, "src", "datasets", "text2image", "caption_datasets.py"),
+                                        "CaptionDataset", "tokenizer_kwargs")
+    return ds._process_text(instruction)["input_ids"]
+
+
 def main(inp, out):
     data = torch.load(inp, weights_only=False)
     torch.manual_seed(0)
@@ -134,6 +180,9 @@ def main(inp, out):
                                 height=g["size"], width=g["size"], progress_bar=False)
         res["generate_latents"] = latents["z"]
         res["generate_pixels"] = pixels
+    if data.get("reca_openuni"):
+        res["recon_ids"] = reca_recon_ids(data["reca_openuni"], openuni_tokenizer.build(data["tokenizer_spec"]),
+                                          data["recon_instruction"])
     torch.save(res, out)
     print("ok", {k: tuple(v.shape) for k, v in res.items() if torch.is_tensor(v)})
 

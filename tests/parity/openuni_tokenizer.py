@@ -27,8 +27,8 @@ def _pre_tokenizer():
                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
-def train_spec(vocab_size: int = 400) -> dict:
-    """{"vocab": {token: id}, "merges": [[a, b], ...], "specials": [...]} learned from ``CORPUS``."""
+def train_spec(vocab_size: int = 400, extra: tuple = ()) -> dict:
+    """{"vocab": {token: id}, "merges": [[a, b], ...], "specials": [...]} learned from ``CORPUS`` + ``extra``."""
     import json
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -37,7 +37,7 @@ def train_spec(vocab_size: int = 400) -> dict:
     tok.pre_tokenizer = _pre_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.train_from_iterator((CORPUS + list(extra)) * 4, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
     return {"vocab": dict(model["vocab"]), "merges": merges, "specials": list(SPECIALS)}

@@ -11,7 +11,8 @@ masks through the official builders. When ``inputs["reca_show_o"]`` names Reca's
 ``create_attention_mask_for_mmu_vit_recon``) and its ``models/modeling_showo.py`` (the ``type='recon'``
 loss) are loaded from there. The glue between those calls follows ``training/train_recon_w_clip_vit.py``
 (``prepare_inputs_and_labels_recon`` and the ``llava_tuning`` branch), which is a script and cannot be
-imported. Stubs: the two torchvision registration modules that fail beside a CPU torch, and ``cv2``
+imported (the text of its ``prepare_inputs_and_labels_recon`` call is evaluated from the script's
+source: :func:`reca_recon_text`). Stubs: the two torchvision registration modules that fail beside a CPU torch, and ``cv2``
 (imported by Reca's prompting_utils for a debug image only).
 """
 
@@ -53,6 +54,26 @@ def _load_file(name, path):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def reca_recon_text(root, instruction):
+    """The row text of Reca's ``prepare_inputs_and_labels_recon(...)`` call in
+    ``training/train_recon_w_clip_vit.py`` (a script: not importable), evaluated from the script's own
+    source with ``random.choice`` returning ``instruction``."""
+    import ast
+    import types
+
+    path = os.path.join(root, "training", "train_recon_w_clip_vit.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "prepare_inputs_and_labels_recon":
+            comp = node.args[2]
+            assert isinstance(comp, ast.ListComp), ast.dump(comp)
+            expr = ast.fix_missing_locations(ast.Expression(comp.elt))
+            ns = {"random": types.SimpleNamespace(choice=lambda seq: seq[0]), "recon_prompt_list": [instruction]}
+            return eval(compile(expr, path, "eval"), ns)
+    raise RuntimeError(f"no prepare_inputs_and_labels_recon(...) call in {path}")
 
 
 def build_showo(c, sd, folder):
@@ -212,6 +233,11 @@ def main(inp, out):
             rmask = rp.create_attention_mask_for_mmu_vit_recon(embeds, ids_full, return_inverse_mask=True,
                                                                 pad_id=sp["<|pad|>"], resolution=n)
             res["hinted_ids"], res["hinted_labels"] = ids_full, labels_full
+            if data.get("recon_instruction"):  # Reca's caption-free text through t2i_clip_recon_prompt
+                text = reca_recon_text(root, data["recon_instruction"])
+                res["recon_text"] = text
+                res["recon_ids"], _, _ = upr(([text] * len(prompts), data["image_ids"].clone(),
+                                              data["labels"].clone()), "t2i_clip_recon")
             res["hinted_mask"] = rmask[:, 0] == 0
             res["hinted_logits"] = model(ids_full, input_embeddings=embeds, attention_mask=rmask.to(torch.float32))
             reca = reca_model_mod.Showo(w_clip_vit=True, vocab_size=c["vocab_size"], llm_vocab_size=c["llm_vocab_size"],

@@ -6,16 +6,34 @@ over [text][image] + proj_out residual; ours in ``image_attention="native"`` wit
 Harmon's own causal mask), the MAR decoder output, the LLM hidden states of the prompt, and the
 diffusion head output for fixed (x_t, t, c). The official VAE has fixed channel widths (128,
 2 blocks), so the VAE here is full width; everything else is tiny.
+
+With a checkout of Reca (wishhyt/reconstruction-alignment) in ``SEGROS_PARITY_RECA_REPO`` (or
+``SEGROS_PARITY_SHOWO_RECA_REPO``, the same checkout), the caption-free reconstruction prompt too:
+Reca's ``MidjourneyReconstructionDataset._process_text`` for a fixed instruction (with and without
+its "Generate an image." drop) vs :meth:`Harmon.tokenize_recon_prompts` (``text_free_prob`` 0 / 1),
+both with a Qwen2-like BPE tokenizer (``openuni_tokenizer.py``) that merges "\\n\\n" as Qwen does.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from segros.backbones.harmon import build_harmon
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import openuni_tokenizer  # noqa: E402
+
 TOL = 2e-5
+RECON_INSTRUCTION = "Describe the scene: shapes, colors and their positions."  # ours, not Reca's prose
+
+
+def reca_repo():
+    return os.environ.get("SEGROS_PARITY_RECA_REPO") or os.environ.get("SEGROS_PARITY_SHOWO_RECA_REPO")
 
 
 @pytest.mark.parity
@@ -49,8 +67,11 @@ def test_harmon_parity(tmp_path, report_diffs, official):
                             rope_theta=cfg.rope_theta, rms_norm_eps=1e-6, tie_word_embeddings=cfg.tie_word_embeddings,
                             max_position_embeddings=32768, attn_implementation="eager"))
     inputs = tmp_path / "in.pt"
+    recon = dict(instruction=RECON_INSTRUCTION,
+                 tokenizer_spec=openuni_tokenizer.train_spec(extra=("user\n\n" + RECON_INSTRUCTION,)))
     torch.save(dict(config=config, state_dict=model.state_dict(), pixels=pixels, mask=mask,
-                    input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], x_t=x_t, t=t, cond=cond), inputs)
+                    input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], x_t=x_t, t=t, cond=cond,
+                    recon=recon, reca_harmon=os.path.join(reca_repo(), "Harmon") if reca_repo() else None), inputs)
     run(inputs, tmp_path / "out.pt")
     ref = torch.load(tmp_path / "out.pt", weights_only=False)
     assert ref["missing"] == [] and ref["unexpected"] == []
@@ -74,5 +95,22 @@ def test_harmon_parity(tmp_path, report_diffs, official):
             a, r = a[real], r[real]
         assert a.shape == r.shape, key
         report_diffs[key] = float((a - r).abs().max())
+    if ref.get("recon_ids") is not None:  # Reca's reconstruction prompt: its ids minus the image slot
+        recon_file = tmp_path / "recon.txt"
+        recon_file.write_text(RECON_INSTRUCTION + "\n")
+        bpe = openuni_tokenizer.build(recon["tokenizer_spec"])
+        mismatches = 0
+        for prob, reca_ids in zip((0.0, 1.0), ref["recon_ids"]):
+            ours = build_harmon("tiny", tokenizer=bpe, recon_prompts=str(recon_file), text_free_prob=prob)
+            ids = ours.tokenize_recon_prompts(1)["input_ids"][0]
+            assert int(reca_ids[3]) == -200 and len(reca_ids) <= ref["recon_max_length"]  # slot after 3 ids
+            reca_text = torch.cat([reca_ids[:3], reca_ids[4:]])
+            assert ids.tolist() == reca_text.tolist(), (prob, bpe.convert_ids_to_tokens(ids.tolist()),
+                                                        bpe.convert_ids_to_tokens(reca_text.tolist()))
+            assert bpe.convert_ids_to_tokens(ids[:3].tolist())[2] == ("Ċ" if prob else "ĊĊ")
+            mismatches += int(ids.shape != reca_text.shape or (ids != reca_text).any())
+        report_diffs["recon prompt ids (mismatches)"] = float(mismatches)
+    else:
+        print("[parity] SEGROS_PARITY_RECA_REPO unset: Reca's reconstruction prompt not checked")
     bad = {k: v for k, v in report_diffs.items() if v > TOL}
     assert not bad, bad

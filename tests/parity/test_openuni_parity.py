@@ -12,10 +12,16 @@ connector → projector, captured at ``diff_loss``), the SANA output for fixed (
 flow-matching loss for the same noise and u, and a whole generation (DPM-Solver++, cfg, the
 unconditional prompt): latents and decoded pixels. Ours runs with ``image_attention="native"``
 (no hints: exactly the official causal attention).
+
+With a checkout of Reca in ``SEGROS_PARITY_RECA_REPO`` (or ``SEGROS_PARITY_SHOWO_RECA_REPO``, the same
+checkout), the caption-free reconstruction prompt too: Reca's ``MidjourneyReconstructionDataset``
+(``ImageEditDataset._process_text``) for a fixed instruction vs :meth:`OpenUni.tokenize_recon_prompts`
+placed by ``hint_layout="reca"`` with ``<IMG_CONTEXT>`` embeddings as the 256 hints: the same LLM input.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +36,7 @@ import openuni_tokenizer  # noqa: E402
 
 TOL = 1e-5
 PROMPTS = ["a red circle", "a dog on the left and a cat on the right."]
+RECON_INSTRUCTION = "Describe the scene: shapes, colors and their positions."  # ours, not Reca's prose
 
 
 def _remote_config(vocab: int, cfg: OpenUniConfig) -> dict:
@@ -100,6 +107,8 @@ def test_openuni_parity(tmp_path, report_diffs, official):
                   u=u, noise=noise, x_t=x_t, timestep=timestep, cond=cond,
                   generate=dict(input_ids=gen["input_ids"], attention_mask=gen["attention_mask"], cfg=scale,
                                 num_steps=steps, seed=gseed, size=cfg.image_size))
+    reca = os.environ.get("SEGROS_PARITY_RECA_REPO") or os.environ.get("SEGROS_PARITY_SHOWO_RECA_REPO")
+    inputs.update(recon_instruction=RECON_INSTRUCTION, reca_openuni=os.path.join(reca, "OpenUni") if reca else None)
     torch.save(inputs, tmp_path / "in.pt")
     run(tmp_path / "in.pt", tmp_path / "out.pt")
     ref = torch.load(tmp_path / "out.pt", weights_only=False)
@@ -132,5 +141,22 @@ def test_openuni_parity(tmp_path, report_diffs, official):
         r = ref[key]
         assert value.shape == r.shape, (key, value.shape, r.shape)
         report_diffs[key] = float((value.float() - r.float()).abs().max())
+    if ref.get("recon_ids") is not None:  # Reca's reconstruction prompt, as the LLM sees it
+        recon_file = tmp_path / "recon.txt"
+        recon_file.write_text(RECON_INSTRUCTION + "\n")
+        ours_recon = OpenUni(replace(cfg, recon_prompts=str(recon_file)), model.tokenizer, model.lmm).eval()
+        rec = ours_recon.tokenize_recon_prompts(1)
+        reca_ids = ref["recon_ids"]
+        ctx = model.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+        n_ctx = int((reca_ids == ctx).sum())
+        assert n_ctx == 256 and model.tokenizer.decode(reca_ids).count(RECON_INSTRUCTION) == 1
+        with torch.no_grad():
+            hints = model.embed_text(torch.tensor([[ctx]])).expand(1, n_ctx, -1)
+            embeds, _, real = ours_recon._sequence(rec["input_ids"], rec["attention_mask"], hints)
+            reca_embeds = model.embed_text(reca_ids[None])
+        assert embeds[0][real[0]].shape == reca_embeds[0].shape
+        report_diffs["recon prompt (LLM input)"] = float((embeds[0][real[0]] - reca_embeds[0]).abs().max())
+    else:
+        print("[parity] SEGROS_PARITY_RECA_REPO unset: Reca's reconstruction prompt not checked")
     bad = {k: v for k, v in report_diffs.items() if v > TOL}
     assert not bad, bad

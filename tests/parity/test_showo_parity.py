@@ -20,7 +20,9 @@ Compared, all deterministic:
 * I2T: the ``phi1.5`` conversation ids, ``create_attention_mask_for_mmu_vit`` and the I2T loss;
 * with Reca: the hinted sequence (``t2i_clip_recon_prompt``), its mask
   (``create_attention_mask_for_mmu_vit_recon``), the logits and Reca's ``type='recon'`` loss vs our
-  ``t2i_loss``.
+  ``t2i_loss``; Reca's caption-free reconstruction text (``train_recon_w_clip_vit.py``, evaluated from
+  the script's source for a fixed instruction) vs :meth:`Showo.recon_texts`, and its
+  ``t2i_clip_recon_prompt`` ids vs ours from :meth:`Showo.tokenize_recon_prompts`.
 
 Sizes: ``mm_projector`` is fixed at 1024 -> 2048 in ``Showo.__init__``, Reca's masks fix 576 CLIP
 tokens and ``t2i_clip_recon_prompt`` fixes 128 text slots, so the Phi here is 2048 wide (2 layers,
@@ -37,9 +39,11 @@ import os
 import pytest
 import torch
 
+from segros.backbones.base import read_recon_prompts
 from segros.backbones.showo import CLIP_MEAN, CLIP_STD, SYSTEM_PROMPT, build_showo
 
 TOL = 2e-5
+RECON_INSTRUCTION = "what color is the circle left of two blue squares ?"  # ours, in the tokenizer's words
 WORDS = ("a red circle two blue squares left of green cross USER : ASSISTANT what color is the ? "
          "A chat between curious user and an artificial intelligence assistant . The gives helpful , "
          "detailed polite answers to ' s questions")
@@ -126,6 +130,7 @@ def test_showo_parity(tmp_path, report_diffs, official):
                     system_ids=system_ids, i2t_ids=i2t["input_ids"], i2t_labels=i2t["labels"],
                     i2t_clip_pixels=((torch.nn.functional.interpolate(i2t["pixels"], size=(336, 336), mode="bicubic",
                                                                        align_corners=False).clamp(0, 1) - mean) / std),
+                    recon_instruction=RECON_INSTRUCTION,
                     reca_show_o=(os.path.join(os.environ["SEGROS_PARITY_SHOWO_RECA_REPO"], "Show-o")
                                  if os.environ.get("SEGROS_PARITY_SHOWO_RECA_REPO") else None)), inputs)
     run(inputs, tmp_path / "out.pt")
@@ -200,6 +205,17 @@ def test_showo_parity(tmp_path, report_diffs, official):
             batch = dict(cond, pixels=pixels)
             report_diffs["t2i_loss vs Reca recon loss"] = float((model.t2i_loss(batch, sup, hints)
                                                                  - ref["hinted_loss"]).abs())
+            # Reca's caption-free reconstruction text and ids (the Reca baselines' without_text)
+            recon_file = tmp_path / "recon.txt"
+            recon_file.write_text(RECON_INSTRUCTION + "\n")
+            model.recon_prompt_list = read_recon_prompts(str(recon_file))  # as recon_prompts= at build time
+            assert model.recon_texts(1) == [ref["recon_text"]], (model.recon_texts(1), ref["recon_text"])
+            rec = model.tokenize_recon_prompts(b)
+            ids_rc, _ = model.hinted_text_block(model.prompt_words(rec["input_ids"], rec["attention_mask"]))
+            assert torch.equal(torch.cat([ids_rc, soi[:b], image_ids, eoi[:b]], 1), ref["recon_ids"])
+            assert int((ids_rc[0] != model.special_id("<|pad|>")).sum()) == 4 + 2 + len(RECON_INSTRUCTION.split()) + 2 + 1
+            report_diffs["recon prompt ids (mismatches)"] = float((torch.cat([ids_rc, soi[:b], image_ids, eoi[:b]], 1)
+                                                                   != ref["recon_ids"]).sum())
         else:
             print("[parity] SEGROS_PARITY_SHOWO_RECA_REPO unset: Reca's hinted layout not checked")
     # the compared quantities are informative: varied codes, finite non-zero losses, varied images
