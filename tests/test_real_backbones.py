@@ -262,11 +262,94 @@ def test_harmon_hint_grad_scale_scales_hint_gradient(harmon, tok):
     torch.testing.assert_close(grads[0.1], 0.1 * grads[1.0])
 
 
-def test_harmon_drop_prompts(tok):
-    m = build_harmon("tiny", tokenizer=tok, text_free_prob=1.0)
-    assert m.drop_prompts(["a", "b"]) == ["", ""]
-    m = build_harmon("tiny", tokenizer=tok)
-    assert m.drop_prompts(["a", "b"]) == ["a", "b"]
+def test_harmon_prompt_defaults_are_the_official_values(tok):
+    from segros.backbones.harmon import MAX_LENGTH, SIZES as HARMON_SIZES
+    # official configs/datasets/qwen2_5_1_5b/text2image.py: unconditional=0.1, max_length=128;
+    # Reca's reconstruction_mid.py: unconditional=0.1
+    for size in ("0.5b", "1.5b"):
+        assert HARMON_SIZES[size].cond_dropout_prob == 0.1 and HARMON_SIZES[size].text_free_prob == 0.1
+    assert MAX_LENGTH == 128
+    for bad in (dict(cond_dropout_prob=1.5), dict(text_free_prob=-0.1)):
+        with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+            build_harmon("tiny", tokenizer=tok, **bad)
+
+
+def test_harmon_prompts_are_encoded_in_one_piece():
+    # official Text2ImageDataset._process_text (training) and prepare_text_conditions (GenEval):
+    # the whole chat string encoded once, so the space after "image:" merges into the caption
+    tok = _qwen_like_tokenizer(eos_token="<|im_end|>")  # Qwen2.5-Instruct's eos: the official padding value
+    model = build_harmon("tiny", tokenizer=tok)
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    template = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    texts = ["a red circle", "  two blue squares ", ""]
+    train, gen = model.tokenize_prompts(texts), model.tokenize_generation_prompts(texts)
+    expected = {"train": ["Generate an image: a red circle", "Generate an image: two blue squares",
+                          "Generate an image."],  # text.strip()
+                "gen": ["Generate an image: a red circle", "Generate an image:   two blue squares ",
+                        "Generate an image."]}  # f"Generate an image: {prompt}", not stripped
+    for name, out in (("train", train), ("gen", gen)):
+        for i, prompt in enumerate(expected[name]):
+            n = int(out["attention_mask"][i].sum())
+            assert out["input_ids"][i, :n].tolist() == enc(template.format(prompt)), (name, i)
+            assert (out["input_ids"][i, n:] == tok.eos_token_id).all() and not out["attention_mask"][i, n:].any()
+            caption = tok.decode(out["input_ids"][i][out["text_valid"][i]])
+            assert caption == (prompt.split(":", 1)[1] if texts[i] else ""), (name, i, caption)
+    pieces = enc(template.split("{}")[0] + "Generate an image: ") + enc("a red circle") + enc(template.split("{}")[1])
+    assert pieces != train["input_ids"][0, :int(train["attention_mask"][0].sum())].tolist()
+    # training keeps the first 128 ids (max_length), generation keeps them all
+    long = " ".join(["a red circle"] * 60)
+    truncated = enc(template.format("Generate an image: " + long))[:128]
+    assert model.tokenize_prompts([long])["input_ids"].tolist() == [truncated]
+    assert model.tokenize_generation_prompts([long])["input_ids"].shape[1] > 128
+
+
+def test_harmon_generate_uses_the_geneval_prompts(harmon, monkeypatch):
+    seen = []
+    real = harmon.tokenize_generation_prompts
+    monkeypatch.setattr(harmon, "tokenize_generation_prompts", lambda texts: seen.append(list(texts)) or real(texts))
+    harmon.generate([" a red circle"], seed=0, num_iter=1, return_latents=True)
+    assert seen == [[" a red circle", ""]]  # the prompt as given, then the cfg prompt "Generate an image."
+
+
+def test_harmon_caption_dropout_on_the_native_training_path_only(harmon, tok):
+    always, never = (build_harmon("tiny", tokenizer=tok, cond_dropout_prob=p) for p in (1.0, 0.0))
+    always.load_state_dict(harmon.state_dict())
+    never.load_state_dict(harmon.state_dict())
+    batch = _batch(harmon)
+    sup = _supervision(_masked())
+    hints = harmon.embed_image(batch["pixels"]).z_image[:, :4].detach()
+    uncond = {**batch, **harmon.tokenize_prompts(["", ""])}
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+
+    def loss(model, b, h, gen, train):  # the MAR's dropout draws from torch's global generator in training
+        torch.manual_seed(5)
+        return model.train(train).t2i_loss(b, sup, h, gen)
+
+    with torch.no_grad():
+        plain, dropped = loss(never, batch, None, g(), True), loss(never, uncond, None, g(), True)
+        assert (plain - dropped).abs() > 1e-6
+        # every row becomes "Generate an image." (right-padded to the batch's width); one draw per row
+        gd = g()
+        [float(torch.rand((), generator=gd)) for _ in range(2)]
+        torch.testing.assert_close(loss(always, batch, None, g(), True), loss(never, uncond, None, gd, True))
+        # the hinted paths never drop, nor does evaluation
+        torch.testing.assert_close(loss(always, batch, hints, g(), True), loss(never, batch, hints, g(), True))
+        torch.testing.assert_close(loss(always, batch, None, g(), False), loss(never, batch, None, g(), False))
+    # which rows: per sample, random.uniform(0, 1) < unconditional (Text2ImageDataset._process_text)
+    half = build_harmon("tiny", tokenizer=tok, cond_dropout_prob=0.5)
+    text = half.tokenize_prompts(["a red circle", "two blue squares left of a green cross"] * 8)
+    ids, att = half.drop_conditions(text["input_ids"], text["attention_mask"], random.Random(2))
+    replay = random.Random(2)
+    drop = [replay.uniform(0, 1) < 0.5 for _ in range(16)]
+    empty = half.tokenize_prompts([""])
+    n = empty["input_ids"].shape[1]
+    assert 0 < sum(drop) < 16
+    for i in range(16):
+        if drop[i]:
+            assert ids[i, :n].tolist() == empty["input_ids"][0].tolist() and att[i].sum() == n
+            assert (ids[i, n:] == half.prompt_pad_id).all() and not att[i, n:].any()
+        else:
+            assert torch.equal(ids[i], text["input_ids"][i]) and torch.equal(att[i], text["attention_mask"][i])
 
 
 # ---- I2T loss ---------------------------------------------------------------------------------
@@ -1068,12 +1151,12 @@ def _recon_files(tmp_path):
     return str(consts), str(txt)
 
 
-def _qwen_like_tokenizer(extra=()):
+def _qwen_like_tokenizer(extra=(), eos_token=None):
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent / "parity"))
     import openuni_tokenizer
-    return openuni_tokenizer.build(openuni_tokenizer.train_spec(extra=tuple(extra)))
+    return openuni_tokenizer.build(openuni_tokenizer.train_spec(extra=tuple(extra)), eos_token=eos_token)
 
 
 def test_read_recon_prompts_from_recas_consts_or_a_text_file(tmp_path):
@@ -1188,7 +1271,7 @@ def test_reca_baselines_condition_on_the_instruction_and_ground_with_the_caption
     path = tmp_path / "one.txt"
     path.write_text("a red circle left of a blue square\n")
     torch.manual_seed(0)
-    m = build_harmon("tiny", tokenizer=tok, recon_prompts=str(path)).eval()
+    m = build_harmon("tiny", tokenizer=tok, recon_prompts=str(path), text_free_prob=0.0).eval()
     batch = _batch(m)
     seen = {}
     ground = T.ground

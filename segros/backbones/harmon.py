@@ -23,7 +23,38 @@ The SeGroS hooks (§3, §11.0.2, Eqs. 16–17):
   ``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>``; shifted NLL on the answer.
 * ``generate``: Harmon's MAR loop (cosine mask schedule, random order, ``cfg`` on the diffusion
   head with the unconditional prompt "Generate an image."); defaults cfg 3.0, 64 iterations,
-  temperature 1.0, "Generate an image: {prompt}", one ``torch.Generator(seed)`` per call.
+  temperature 1.0, one ``torch.Generator(seed)`` per call. Its prompts
+  (:meth:`Harmon.tokenize_generation_prompts`) are those of the GenEval path SeGroS follows, Reca's
+  ``Harmon/scripts/geneval.py`` (run by ``scripts/parallel_geneval.py --mode geneval``, Reca's
+  README; DPG-Bench's ``scripts/dpgbench.py`` builds them the same way), which is wusize/Harmon's
+  ``scripts/text2image.py``: ``full_prompt = f"Generate an image: {prompt}"`` (not stripped, no
+  trailing "."), then ``src/models/harmon.py`` ``Harmon.prepare_text_conditions(full_prompt,
+  "Generate an image.")``: each string in ``prompt_template['INSTRUCTION']``, one
+  ``tokenizer.encode(..., add_special_tokens=True)`` per string (Qwen adds no special tokens), no
+  truncation, right-padded (``pad_sequence``) with ``tokenizer.eos_token_id`` and an attention mask
+  over the real ids. wusize/Harmon's ``scripts/batch_text2image.py`` differs and is not followed: it
+  appends "." (``f"Generate an image: {prompt.strip()}."``) and pads with the tokenizer's pad token
+  (``tokenizer(prompts, padding=True)``); no official GenEval script of Harmon's own is published.
+
+Prompts and caption dropout (the official code, exactly):
+
+* Training prompts (:meth:`Harmon.tokenize_prompts`, the T2I batches): wusize/Harmon
+  ``src/datasets/text2image/text2image.py`` ``Text2ImageDataset._process_text`` (Reca's copy is the
+  same): ``f"Generate an image: {text.strip()}"`` in ``prompt_template['INSTRUCTION']``
+  (:data:`INSTRUCTION`), the whole string encoded once with ``add_special_tokens=True`` (nothing
+  added by Qwen), ``input_ids[:max_length]`` with ``max_length=128``
+  (``configs/datasets/qwen2_5_1_5b/text2image.py``); ``src/datasets/collate_functions.py``
+  ``collate_func_gen`` right-pads with ``pad_index=151645`` (``configs/datasets/qwen2_5_1_5b/
+  processors.py``; Qwen2.5-Instruct's eos ``<|im_end|>``, our :attr:`Harmon.prompt_pad_id`) and
+  masks the padding. One piece matters: Qwen's byte-level BPE merges the space after "image:" into
+  the caption's first token (:func:`segros.backbones.base.tokenize_caption_prompts`, shared with
+  OpenUni). An empty text gives the unconditional "Generate an image.".
+* Caption dropout (``cond_dropout_prob``, default 0.1): the same ``_process_text`` replaces the
+  prompt by "Generate an image." when ``random.uniform(0, 1) < self.unconditional``, per sample;
+  ``unconditional=0.1`` (the ``Text2ImageDataset`` default and ``configs/datasets/qwen2_5_1_5b/
+  text2image.py``, Reca's too). Here it acts in ``t2i_loss`` without hints and in training mode only
+  (:meth:`Harmon.draw_dropped`, :class:`segros.backbones.base.CaptionDropout`, as Show-o's), i.e.
+  on the SFT baseline, Harmon's own T2I fine-tuning; the hinted paths (SeGroS, Reca) never drop.
 
 Conventions this module fixes (the paper and the official code leave them open):
 
@@ -37,10 +68,11 @@ Conventions this module fixes (the paper and the official code leave them open):
   so the image block follows the last real text token whatever the padding.
 * ``text_valid`` marks only the user caption's tokens, not the chat template and not the fixed
   instruction "Generate an image:" (grounding uses what the user asked for).
-* Reca's options (config, off for SeGroS unless set): ``hint_grad_scale`` multiplies the gradient
-  that flows back into the hint embeddings (Reca: 0.1); ``text_free_prob`` replaces a prompt by
-  "Generate an image." with that probability in :meth:`drop_prompts` and
-  :meth:`tokenize_recon_prompts` (Reca: ``unconditional=0.1``); ``recon_prompts`` names Reca's
+* Reca's options (config): ``hint_grad_scale`` (default 1, off) multiplies the gradient that flows
+  back into the hint embeddings (Reca: 0.1); ``text_free_prob`` (default Reca's 0.1) replaces a
+  reconstruction prompt by "Generate an image." with that probability in
+  :meth:`tokenize_recon_prompts` (Reca's ``unconditional=0.1``, below), so it acts only on the Reca
+  baselines with ``recon_prompts`` set; ``recon_prompts`` names Reca's
   ``Harmon/src/datasets/text2image/consts.py`` (or a text file, one instruction per line; see
   :func:`segros.backbones.base.read_recon_prompts`).
 * Reca's text for its caption-free reconstruction (the Reca baselines, Table 9 "Text ×", Table 1's
@@ -74,25 +106,24 @@ weight decay 0.01, betas (0.9, 0.95); 3K / 5K steps, warm-up 500; batch 96 / 48,
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from segros.attention import segros_attention_mask
 from segros.backbones._mar import MAR, AutoencoderKL, sample_tokens
-from segros.backbones.base import (Backbone, VisualTokens, draw_choice, draw_uniform, read_recon_prompts,
-                                   resize_to_pixels)
+from segros.backbones.base import (Backbone, CaptionDropout, VisualTokens, draw_choice, draw_uniform, pad_rows,
+                                   read_recon_prompts, resize_to_pixels, tokenize_caption_prompts)
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
 UNCOND_PROMPT = "Generate an image."
 IMAGE_TOKEN_INDEX = -200  # placeholder id of image slots in I2T input_ids (xtuner convention)
-# Reca Harmon/configs/datasets/qwen2_5_1_5b/reconstruction_mid.py: max_length=128 (ids incl. the image slot)
-RECA_RECON_MAX_LENGTH = 128
+# max_length=128 of the training prompts' ids: official configs/datasets/qwen2_5_1_5b/text2image.py (and Reca's);
+# Reca Harmon/configs/datasets/qwen2_5_1_5b/reconstruction_mid.py (there the image slot counts as one id)
+MAX_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -129,7 +160,11 @@ class HarmonConfig:
     diffusion_batch_mul: int = 4
     image_attention: str = "fig6"  # "fig6" | "native"
     hint_grad_scale: float = 1.0  # Reca: 0.1
-    text_free_prob: float = 0.0  # Reca: 0.1
+    # no-hint T2I training (the SFT baseline): a row's caption becomes "Generate an image." with this
+    # probability (official Text2ImageDataset._process_text, unconditional=0.1 in configs/datasets/.../text2image.py)
+    cond_dropout_prob: float = 0.1
+    # Reca's recon prompts (tokenize_recon_prompts only): "Generate an image." with this probability (Reca: 0.1)
+    text_free_prob: float = 0.1
     recon_prompts: str | None = None  # Reca's consts.py or a text file: tokenize_recon_prompts (module docstring)
     # generation
     cfg: float = 3.0
@@ -180,18 +215,21 @@ def _qwen_config(cfg: HarmonConfig, vocab_size: int):
 
 
 def tiny_tokenizer(extra_texts: Sequence[str] = ()):
-    """An offline word-level tokenizer for the tiny Harmon: shapes-world words + the chat template."""
+    """An offline word-level tokenizer for the tiny Harmon: shapes-world words + the chat template.
+
+    The unconditional prompt in the template is there because prompts are encoded in one piece:
+    "image." + "<|im_end|>" gives the word-level piece ".<|"."""
     from segros.data.tokenizer import build_text_tokenizer
     try:
         from segros.data.shapes import ShapesWorld
         words = ShapesWorld().vocabulary()
     except ImportError:  # the shapes world is optional here
         words = ["a", "red", "blue", "circle", "square", "left", "of", "the"]
-    texts = list(words) + [INSTRUCTION, GEN_PREFIX, UNCOND_PROMPT, "user assistant", *extra_texts]
+    texts = list(words) + [INSTRUCTION.format(input=UNCOND_PROMPT), GEN_PREFIX, "user assistant", *extra_texts]
     return build_text_tokenizer(texts)
 
 
-class Harmon(Backbone):
+class Harmon(CaptionDropout, Backbone):
     """Harmon-0.5B / 1.5B / tiny. Build with :func:`build_harmon`."""
 
     gamma_per = "batch"
@@ -203,6 +241,9 @@ class Harmon(Backbone):
 
         if cfg.image_attention not in ("fig6", "native"):
             raise ValueError(f"image_attention must be 'fig6' or 'native', got {cfg.image_attention!r}")
+        for name in ("cond_dropout_prob", "text_free_prob"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
         self.cfg = cfg
         self.family = "harmon"
         self.tokenizer = tokenizer
@@ -351,9 +392,10 @@ class Harmon(Backbone):
                 raise ValueError(f"hints must be [B, H, D] = [{b}, H, {self.width}], got {tuple(hints.shape)}")
             if self.cfg.hint_grad_scale != 1.0:
                 hints = _ScaleGrad.apply(hints, self.cfg.hint_grad_scale)
-        text_embeds = self.embed_text(batch["input_ids"])
+        text_ids, text_mask = self.sft_conditions(batch["input_ids"], batch["attention_mask"], hints, generator)
+        text_embeds = self.embed_text(text_ids)
         x_enc = self.forward_mae_encoder(latents, masked.to(latents.dtype), hw, text_embeds,
-                                         batch["attention_mask"].to(self.device), hints)
+                                         text_mask.to(self.device), hints)
         z = self.mar.forward_mae_decoder(x_enc, masked.to(latents.dtype), hw)
         schedule = DiffusionSchedule(1000)
         return diffusion_mse(self.mar.diffloss.predict_eps, latents, z, supervision.loss_weight.to(self.device),
@@ -384,11 +426,6 @@ class Harmon(Backbone):
     def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
         return resize_to_pixels(images, self.cfg.image_size)
 
-    def drop_prompts(self, texts: Sequence[str], generator: random.Random | None = None) -> list[str]:
-        """Reca's text-free prompts: each text becomes "" (-> "Generate an image.") w.p. text_free_prob."""
-        rng = generator or random.Random(0)
-        return [("" if rng.random() < self.cfg.text_free_prob else t) for t in texts]
-
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -398,7 +435,7 @@ class Harmon(Backbone):
         Per row, in Reca's order: an instruction drawn from ``recon_prompt_list``, then a U[0, 1)
         draw; below ``text_free_prob`` the text is "Generate an image.", else "\\n{instruction}";
         the chat template around it is encoded in one piece (Qwen merges "user\\n" + "\\n" into
-        "\\n\\n"), at most ``RECA_RECON_MAX_LENGTH - 1`` ids, right-padded. ``generator``: a
+        "\\n\\n"), at most ``MAX_LENGTH - 1`` ids, right-padded. ``generator``: a
         ``torch.Generator``, a ``random.Random`` or None (Python's ``random``, as Reca). Reca's image
         slot after the first 3 ids is not in these ids (the hints are placed by :meth:`t2i_loss`).
         ``text_valid`` is all False: there is no caption to ground.
@@ -410,40 +447,37 @@ class Harmon(Backbone):
         for _ in range(batch_size):
             instruction = draw_choice(self.recon_prompt_list, generator)
             text = UNCOND_PROMPT if draw_uniform(generator) < self.cfg.text_free_prob else "\n" + instruction
-            rows.append(self._encode(INSTRUCTION.format(input=text))[:RECA_RECON_MAX_LENGTH - 1])
-        return self._pad(rows, [[False] * len(r) for r in rows])
+            rows.append(self._encode(INSTRUCTION.format(input=text))[:MAX_LENGTH - 1])
+        return pad_rows(rows, self.prompt_pad_id, [[False] * len(r) for r in rows])
+
+    @property
+    def prompt_pad_id(self) -> int:
+        """The eos id (``prepare_text_conditions``' ``padding_value``; the training collate's ``pad_index``
+        151645 is Qwen2.5-Instruct's eos ``<|im_end|>``), 0 for a tokenizer without one."""
+        return self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+
+    def _chat_prompts(self, texts: Sequence[str], strip: bool, max_length: int | None) -> dict[str, torch.Tensor]:
+        pre, post = INSTRUCTION.split("{input}")
+        return tokenize_caption_prompts(self._encode, texts, pre + GEN_PREFIX, post,
+                                        INSTRUCTION.format(input=UNCOND_PROMPT), self.prompt_pad_id, strip=strip,
+                                        max_length=max_length)
 
     def tokenize_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """"Generate an image: {text}" in the chat template; an empty text gives the unconditional prompt."""
-        pre, post = INSTRUCTION.split("{input}")
-        rows, valid = [], []
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] must be a str, got {type(t).__name__}")
-            head = self._encode(pre + (GEN_PREFIX if t else UNCOND_PROMPT))
-            body = self._encode(t) if t else []
-            tail = self._encode(post)
-            rows.append(head + body + tail)
-            valid.append([False] * len(head) + [True] * len(body) + [False] * len(tail))
-        return self._pad(rows, valid)
+        """Training prompts, as official ``Text2ImageDataset._process_text``: the chat template around
+        "Generate an image: {text.strip()}" ("" -> "Generate an image."), encoded in one piece, the
+        first ``MAX_LENGTH`` ids, right-padded with :attr:`prompt_pad_id` (module docstring)."""
+        return self._chat_prompts(texts, strip=True, max_length=MAX_LENGTH)
 
-    def _pad(self, rows, valid, labels=None):
-        pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        att = torch.zeros(len(rows), length, dtype=torch.long)
-        tv = torch.zeros(len(rows), length, dtype=torch.bool)
-        lab = torch.full((len(rows), length), -100, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
-            att[i, :len(r)] = 1
-            tv[i, :len(r)] = torch.tensor(valid[i], dtype=torch.bool)
-            if labels is not None:
-                lab[i, :len(r)] = torch.tensor(labels[i])
-        out = {"input_ids": ids, "attention_mask": att, "text_valid": tv}
-        if labels is not None:
-            out["labels"] = lab
-        return out
+    def tokenize_generation_prompts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Generation prompts, as the GenEval path (Reca ``scripts/geneval.py`` → ``prepare_text_conditions``):
+        "Generate an image: {text}" (not stripped, no trailing ".") in the chat template, one piece, not
+        truncated; "" -> the cfg prompt "Generate an image."."""
+        return self._chat_prompts(texts, strip=False, max_length=None)
+
+    def draw_dropped(self, batch_size: int, generator=None) -> torch.Tensor:
+        """Official ``Text2ImageDataset._process_text``: per row ``random.uniform(0, 1) < unconditional``
+        (:func:`segros.backbones.base.draw_uniform`: Python's ``random`` when ``generator`` is None)."""
+        return torch.tensor([draw_uniform(generator) < self.cfg.cond_dropout_prob for _ in range(batch_size)])
 
     def i2t_batch(self, images, questions, answers) -> dict[str, torch.Tensor]:
         if not len(images) == len(questions) == len(answers):
@@ -456,8 +490,7 @@ class Harmon(Backbone):
             answer = self._encode(a + "<|im_end|>")
             rows.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)
-        out = self._pad(rows, [[False] * len(r) for r in rows], labels)
-        del out["text_valid"]
+        out = pad_rows(rows, self.prompt_pad_id, labels=labels)
         out["pixels"] = self.preprocess_images(images)
         return out
 
@@ -481,7 +514,7 @@ class Harmon(Backbone):
         m = n = size // 16
         seq = m * n
         texts = list(prompts) + ([""] * len(prompts) if cfg_scale != 1.0 else [])
-        tok = self.tokenize_prompts(texts)
+        tok = self.tokenize_generation_prompts(texts)
         text_embeds = self.embed_text(tok["input_ids"])
         text_mask = tok["attention_mask"].to(self.device)
         bsz = len(prompts)

@@ -116,7 +116,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segros.backbones.base import Backbone, VisualTokens, draw_choice, read_recon_prompts, resize_to_pixels
+from segros.backbones.base import (Backbone, VisualTokens, draw_choice, pad_rows, read_recon_prompts, resize_to_pixels,
+                                   tokenize_caption_prompts)
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
@@ -604,40 +605,16 @@ class OpenUni(Backbone):
 
         ``text_valid`` marks the caption's tokens: those between the tokens of the template head
         ("...Generate an image:") and of the tail ("<|im_end|>...<img>"), found as the common prefix
-        and suffix (BPE merges the space after the colon into the caption's first token).
+        and suffix (BPE merges the space after the colon into the caption's first token;
+        :func:`segros.backbones.base.tokenize_caption_prompts`).
         """
         pre, post = INSTRUCTION.split("{input}")
-        head = self._encode(pre + GEN_PREFIX.rstrip())
-        tail = self._encode(post + IMG_START)
-        rows, valid = [], []
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] must be a str, got {type(t).__name__}")
-            t = t.strip()
-            full = self._encode(pre + (GEN_PREFIX + t if t else UNCOND_PROMPT) + post + IMG_START)
-            flags = [False] * len(full)
-            if t:
-                a = 0
-                while a < min(len(head), len(full)) and full[a] == head[a]:
-                    a += 1
-                z = 0
-                while z < min(len(tail), len(full) - a) and full[-1 - z] == tail[-1 - z]:
-                    z += 1
-                flags[a:len(full) - z] = [True] * (len(full) - z - a)
-            rows.append(full)
-            valid.append(flags)
-        return self._pad(rows, valid)
+        return tokenize_caption_prompts(self._encode, texts, pre + GEN_PREFIX, post + IMG_START,
+                                        pre + UNCOND_PROMPT + post + IMG_START, self._pad_id)
 
-    def _pad(self, rows, valid) -> dict[str, torch.Tensor]:
-        length = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        tv = torch.zeros(len(rows), length, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], att[i, :len(r)] = torch.tensor(r), 1
-            tv[i, :len(r)] = torch.tensor(valid[i], dtype=torch.bool)
-        return {"input_ids": ids, "attention_mask": att, "text_valid": tv}
+    @property
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
 
     def tokenize_recon_prompts(self, batch_size: int, generator=None) -> dict[str, torch.Tensor]:
         """Reca's caption-free reconstruction prompts, one per row (module docstring), encoded in one piece.
@@ -655,7 +632,7 @@ class OpenUni(Backbone):
         pre, post = INSTRUCTION.split("{input}")
         rows = [self._encode(pre + draw_choice(self.recon_prompt_list, generator) + post + IMG_START)
                 for _ in range(batch_size)]
-        return self._pad(rows, [[False] * len(r) for r in rows])
+        return pad_rows(rows, self._pad_id, [[False] * len(r) for r in rows])
 
     def i2t_batch(self, images, questions, answers):
         raise NotImplementedError("OpenUni trains no I2T loss (λ = 0 in Table 7)")

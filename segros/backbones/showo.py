@@ -42,9 +42,10 @@ given; the 4-D additive mask is used as it is, ``phi.py`` skips transformers' ma
   ``UniversalPrompting(..., cond_dropout_prob=config.training.cond_dropout_prob)``, 0.1 in every
   official config (``configs/showo_*.yaml``) and in Reca's ``showo_reca*_clip.yaml``, and
   ``t2i_prompt`` replaces a row by ``[t2i][bos][eos]`` when ``torch.rand(B)[i] < cond_dropout_prob``
-  (:meth:`Showo.drop_conditions`). It is on by default because the SFT baseline of Table 1 ("SFT*",
-  "reproduced using the official implementations") is Show-o's own T2I fine-tuning, which drops at
-  0.1; set 0 to train without it. The hinted paths (SeGroS, Reca) never drop.
+  (:meth:`Showo.draw_dropped`; :class:`segros.backbones.base.CaptionDropout` does the rest). It is on
+  by default because the SFT baseline of Table 1 ("SFT*", "reproduced using the official
+  implementations") is Show-o's own T2I fine-tuning, which drops at 0.1; set 0 to train without it.
+  The hinted paths (SeGroS, Reca) never drop.
 * Hinted T2I (SeGroS and the Reca baselines), Reca's ``UniversalPrompting.t2i_clip_recon_prompt`` +
   ``prepare_inputs_and_labels_recon`` with the visual hints in the slots of the 576 CLIP tokens:
   ``[mmu][soi] hints [eoi][bos] text [eos][pad ...]`` (the ids RIGHT-padded to 128 slots, hints
@@ -116,7 +117,8 @@ from torch import nn
 
 from segros.attention import bool_to_additive, segros_attention_mask
 from segros.backbones._mar import VAEDecoder, VAEEncoder
-from segros.backbones.base import Backbone, VisualTokens, draw_choice, read_recon_prompts, resize_to_pixels
+from segros.backbones.base import (Backbone, CaptionDropout, VisualTokens, draw_choice, pad_rows, read_recon_prompts,
+                                   resize_to_pixels)
 
 # UniversalPrompting's order: '[PAD]' (named <|pad|> in sptids_dict) first, then the nine task tokens
 SPECIAL_TOKENS = ["<|pad|>", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>",
@@ -269,7 +271,7 @@ def reca_attention_mask(real: torch.Tensor, hint: slice, codes: slice, dtype: to
 
 # ---- the backbone --------------------------------------------------------------------------------
 
-class Showo(Backbone):
+class Showo(CaptionDropout, Backbone):
     """Show-o 256 / 512 / tiny (CLIP-ViT variant). Build with :func:`build_showo`."""
 
     gamma_per = "sample"
@@ -473,8 +475,7 @@ class Showo(Backbone):
         targets = codes + self.code_offset
         image_ids = torch.where(masked, torch.full_like(targets, self.mask_id), targets)
         text_ids, text_mask = batch["input_ids"], batch["attention_mask"]
-        if hints is None and self.training and self.cfg.cond_dropout_prob > 0:
-            text_ids, text_mask = self.drop_conditions(text_ids, text_mask, generator)
+        text_ids, text_mask = self.sft_conditions(text_ids, text_mask, hints, generator)
         logits = self.logits_for(text_ids, text_mask, image_ids, hints)
         return masked_token_nll(logits, targets, supervision.loss_weight.to(self.device))
 
@@ -516,24 +517,11 @@ class Showo(Backbone):
     def _words(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def drop_conditions(self, text_ids: torch.Tensor, text_mask: torch.Tensor,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``UniversalPrompting.t2i_prompt``'s condition dropout: ``probs = torch.rand(B)``; a row with
-        ``probs[i] < cond_dropout_prob`` becomes the unconditional ``[pad ...][t2i][bos][eos]``.
-
-        ``generator`` (CPU) or, as the official code, torch's global generator. Rows from :meth:`tokenize_prompts`.
-        """
-        probs = torch.rand(text_ids.shape[0], generator=generator)
-        drop = (probs < self.cfg.cond_dropout_prob).to(text_ids.device)
-        if not bool(drop.any()):
-            return text_ids, text_mask
-        empty = self.tokenize_prompts([""])
-        if empty["input_ids"].shape[1] != text_ids.shape[1]:
-            raise ValueError(f"text rows must come from tokenize_prompts ({empty['input_ids'].shape[1]} slots), "
-                             f"got {text_ids.shape[1]}")
-        e_ids = empty["input_ids"].to(text_ids.device).expand_as(text_ids)
-        e_mask = empty["attention_mask"].to(text_mask.device, text_mask.dtype).expand_as(text_mask)
-        return torch.where(drop[:, None], e_ids, text_ids), torch.where(drop[:, None], e_mask, text_mask)
+    def draw_dropped(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``UniversalPrompting.t2i_prompt``'s condition dropout: ``probs = torch.rand(B)``, a row with
+        ``probs[i] < cond_dropout_prob`` becomes the unconditional ``[pad ...][t2i][bos][eos]``
+        (:meth:`drop_conditions`). ``generator`` (CPU) or, as the official code, torch's global generator."""
+        return torch.rand(batch_size, generator=generator) < self.cfg.cond_dropout_prob
 
     def recon_texts(self, batch_size: int, generator=None) -> list[str]:
         """Reca's caption-free reconstruction texts, one per row (Reca ``Show-o/training/
@@ -588,13 +576,7 @@ class Showo(Backbone):
             ans = self._words(" " + a) + [tok.eos_token_id]
             rows.append(prompt + ans)
             labels.append([-100] * len(prompt) + ans)
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.special_id("<|pad|>"), dtype=torch.long)
-        att = torch.zeros_like(ids)
-        lab = torch.full_like(ids, -100)
-        for i, (r, l) in enumerate(zip(rows, labels)):
-            ids[i, :len(r)], att[i, :len(r)], lab[i, :len(r)] = torch.tensor(r), 1, torch.tensor(l)
-        return {"input_ids": ids, "attention_mask": att, "labels": lab, "pixels": self.preprocess_images(images)}
+        return {**pad_rows(rows, self.special_id("<|pad|>"), labels=labels), "pixels": self.preprocess_images(images)}
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()

@@ -3,10 +3,13 @@
 Usage: python harmon_driver.py inputs.pt outputs.pt
 Builds the official modules (src.models.mar.{mar,vae}, src.models.harmon) at the tiny sizes given
 in ``inputs["config"]``, loads ``inputs["state_dict"]`` into them, and writes the deterministic
-pieces SeGroS relies on. With ``inputs["reca_harmon"]`` (Reca's ``Harmon`` folder) it also runs
-Reca's reconstruction-prompt builder (:func:`reca_recon_ids`; stubs ``xtuner.registry`` and
-``src.datasets.utils`` for its imports). Stubs: ``mmengine.registry`` (only the unused BUILDER needs it) and the
-two torchvision registration modules that fail to import beside a CPU torch.
+pieces SeGroS relies on, and the official prompt ids (:func:`official_prompt_ids`: the training
+dataset's ``_process_text`` and ``Harmon.prepare_text_conditions``, with the tiny BPE tokenizer of
+``inputs["prompts"]``). With ``inputs["reca_harmon"]`` (Reca's ``Harmon`` folder) it also runs
+Reca's reconstruction-prompt builder (:func:`reca_recon_ids`) and Reca's copy of the training
+prompt. Stubs: ``mmengine.registry`` (only the unused BUILDER needs it), the two torchvision
+registration modules that fail to import beside a CPU torch, and for the dataset modules
+``xtuner.registry`` and ``src.datasets.utils``.
 """
 
 import ast
@@ -50,6 +53,66 @@ def _assigned_call(path, name):
     raise RuntimeError(f"{path} assigns no {name}")
 
 
+def _text2image_module(root, name):
+    """``src/datasets/text2image/text2image.py`` of the checkout ``root``, loaded as module ``name``."""
+    _stub("xtuner")
+    _stub("xtuner.registry", BUILDER=_Registry())
+    if "src.datasets.utils" not in sys.modules:  # the file imports crop2square from it (unused here)
+        _stub("src.datasets.utils", crop2square=None)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "src", "datasets", "text2image",
+                                                                      "text2image.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _template(root):
+    """``prompt_template`` of ``configs/models/qwen2_5_1_5b_kl16_mar_h.py`` (read from the source)."""
+    call = _assigned_call(os.path.join(root, "configs", "models", "qwen2_5_1_5b_kl16_mar_h.py"), "prompt_template")
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+
+
+def train_prompt_ids(root, tokenizer, captions, name):
+    """``Text2ImageDataset._process_text`` of ``root`` for each caption, at ``unconditional`` 0 and 1, with
+    ``max_length`` and the ``unconditional`` of ``configs/datasets/qwen2_5_1_5b/text2image.py``."""
+    mod = _text2image_module(root, name)
+    config = os.path.join(root, "configs", "datasets", "qwen2_5_1_5b", "text2image.py")
+    unconditional = next(ast.literal_eval(k.value) for k in _assigned_call(config, "dataset").keywords
+                         if k.arg == "unconditional")
+    ds = mod.Text2ImageDataset.__new__(mod.Text2ImageDataset)
+    ds.tokenizer, ds.prompt_template = tokenizer, _template(root)
+    ds.max_length = ast.literal_eval(_assigned_call(config, "max_length"))
+    out = {}
+    for prob in (0.0, 1.0):
+        ds.unconditional = prob
+        out[prob] = [ds._process_text(c)["input_ids"] for c in captions]
+    return dict(ids=out, max_length=ds.max_length, unconditional=unconditional)
+
+
+def official_prompt_ids(h, root, data, reca_root=None):
+    """The official prompt ids for ``data["prompts"]``: training (:func:`train_prompt_ids`, also of Reca's
+    copy when given) and generation: wusize ``scripts/text2image.py`` / Reca ``scripts/geneval.py``
+    build ``f"Generate an image: {prompt}"`` (checked in the script's source) and call
+    ``Harmon.prepare_text_conditions(prompt, "Generate an image.")``."""
+    import openuni_tokenizer
+
+    p = data["prompts"]
+    tok = openuni_tokenizer.build(p["tokenizer_spec"], eos_token=p["eos_token"])
+    res = {"train": train_prompt_ids(root, tok, p["captions"], "official_text2image")}
+    if reca_root:
+        res["reca_train"] = train_prompt_ids(reca_root, tok, p["captions"], "reca_text2image")
+    for script in ([os.path.join(root, "scripts", "text2image.py")]
+                   + ([os.path.join(reca_root, "scripts", "geneval.py")] if reca_root else [])):
+        with open(script) as f:
+            source = f.read()
+        assert 'f"Generate an image: {args.prompt}"' in source or 'f"Generate an image: {prompt}"' in source, script
+        assert "prepare_text_conditions(" in source and "'Generate an image.'" in source, script
+    h.tokenizer, h.prompt_template = tok, _template(root)
+    res["generate"] = [h.prepare_text_conditions(f"Generate an image: {q}", "Generate an image.")
+                       for q in p["generate"]]
+    return res
+
+
 def reca_recon_ids(root, recon):
     """Reca's ``MidjourneyReconstructionDataset._process_text`` (the dataset of ``configs/examples/reca.py``,
     ``src/datasets/text2image/text2image.py``) for one instruction, at ``unconditional`` 0 and 1, with
@@ -57,16 +120,8 @@ def reca_recon_ids(root, recon):
     ``configs/datasets/qwen2_5_1_5b/reconstruction_mid.py`` (both read from the files' source)."""
     import openuni_tokenizer
 
-    _stub("xtuner")
-    _stub("xtuner.registry", BUILDER=_Registry())
-    if "src.datasets.utils" not in sys.modules:  # Reca imports crop2square from it (unused here)
-        _stub("src.datasets.utils", crop2square=None)
-    spec = importlib.util.spec_from_file_location(
-        "reca_text2image", os.path.join(root, "src", "datasets", "text2image", "text2image.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    template = _assigned_call(os.path.join(root, "configs", "models", "qwen2_5_1_5b_kl16_mar_h.py"), "prompt_template")
-    template = {k.arg: ast.literal_eval(k.value) for k in template.keywords}
+    mod = _text2image_module(root, "reca_text2image")
+    template = _template(root)
     dataset = _assigned_call(os.path.join(root, "configs", "datasets", "qwen2_5_1_5b", "reconstruction_mid.py"),
                              "dataset")
     max_length = next(ast.literal_eval(k.value) for k in dataset.keywords if k.arg == "max_length")
@@ -118,6 +173,8 @@ def main(inp, out):
         res["diffloss_net"] = h.mar.diffloss.net(data["x_t"], data["t"], data["cond"])
     if data.get("reca_harmon"):
         res["recon_ids"], res["recon_max_length"] = reca_recon_ids(data["reca_harmon"], data["recon"])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sys.modules[Harmon.__module__].__file__))))
+    res["prompts"] = official_prompt_ids(h, root, data, data.get("reca_harmon"))
     torch.save(res, out)
     print("ok", {k: tuple(v.shape) for k, v in res.items() if torch.is_tensor(v)})
 

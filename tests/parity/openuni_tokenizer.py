@@ -1,7 +1,7 @@
-"""A tiny byte-level BPE tokenizer shaped like InternVL3's (Qwen2) one, for the OpenUni tests.
+"""A tiny byte-level BPE tokenizer shaped like InternVL3's (Qwen2) one, for the OpenUni and Harmon tests.
 
-Imported by ``test_openuni_parity.py``, ``openuni_driver.py`` (official environment) and
-``tests/test_real_backbones.py``; only ``tokenizers`` and ``transformers`` are needed. ``train_spec``
+Imported by ``test_openuni_parity.py``, ``openuni_driver.py``, ``test_harmon_parity.py``,
+``harmon_driver.py`` (official environments) and ``tests/test_real_backbones.py``; only ``tokenizers`` and ``transformers`` are needed. ``train_spec``
 learns a small vocabulary offline (nothing is downloaded); ``build(spec)`` rebuilds the same
 tokenizer from plain data in any ``tokenizers`` version, so both environments tokenize identically.
 
@@ -43,8 +43,9 @@ def train_spec(vocab_size: int = 400, extra: tuple = ()) -> dict:
     return {"vocab": dict(model["vocab"]), "merges": merges, "specials": list(SPECIALS)}
 
 
-def build(spec: dict):
-    """``PreTrainedTokenizerFast`` from ``train_spec()``'s data (pad = ``<|endoftext|>``, right padding)."""
+def build(spec: dict, eos_token: str | None = None):
+    """``PreTrainedTokenizerFast`` from ``train_spec()``'s data (pad = ``<|endoftext|>``, right padding;
+    ``eos_token`` e.g. ``"<|im_end|>"``, Qwen2.5-Instruct's, or none as InternVL3's)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
@@ -52,4 +53,5 @@ def build(spec: dict):
     tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in spec["specials"]])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", padding_side="right")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token=eos_token,
+                                   padding_side="right")

@@ -7,6 +7,14 @@ Harmon's own causal mask), the MAR decoder output, the LLM hidden states of the 
 diffusion head output for fixed (x_t, t, c). The official VAE has fixed channel widths (128,
 2 blocks), so the VAE here is full width; everything else is tiny.
 
+The prompt ids, with a Qwen2-like BPE tokenizer (``openuni_tokenizer.py``, eos ``<|im_end|>`` as
+Qwen2.5-Instruct) that merges the space after "image:" into the caption, both sides building it
+from the same data: training, the official ``Text2ImageDataset._process_text`` (``text.strip()``,
+``max_length`` 128, and its ``unconditional`` drop at probability 1) vs :meth:`Harmon.tokenize_prompts`
+(and :meth:`Harmon.drop_conditions` for the drop); generation, ``Harmon.prepare_text_conditions(
+f"Generate an image: {prompt}", "Generate an image.")`` (the GenEval path) vs
+:meth:`Harmon.tokenize_generation_prompts` ``([prompt, ""])``, padding and attention mask included.
+
 With a checkout of Reca (wishhyt/reconstruction-alignment) in ``SEGROS_PARITY_RECA_REPO`` (or
 ``SEGROS_PARITY_SHOWO_RECA_REPO``, the same checkout), the caption-free reconstruction prompt too:
 Reca's ``MidjourneyReconstructionDataset._process_text`` for a fixed instruction (with and without
@@ -17,19 +25,23 @@ both with a Qwen2-like BPE tokenizer (``openuni_tokenizer.py``) that merges "\\n
 from __future__ import annotations
 
 import os
+import random
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from segros.backbones.harmon import build_harmon
+from segros.backbones.harmon import MAX_LENGTH, HarmonConfig, build_harmon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import openuni_tokenizer  # noqa: E402
 
 TOL = 2e-5
 RECON_INSTRUCTION = "Describe the scene: shapes, colors and their positions."  # ours, not Reca's prose
+CAPTIONS = ["a red circle", "  two blue squares ", "a dog on the left and a cat on the right.",
+            " ".join(["a red circle left of a blue square"] * 20)]  # the last one is over max_length
+GEN_PROMPTS = ["a dog on the left and a cat on the right.", "a photo of a cat", " a red circle "]
 
 
 def reca_repo():
@@ -69,9 +81,12 @@ def test_harmon_parity(tmp_path, report_diffs, official):
     inputs = tmp_path / "in.pt"
     recon = dict(instruction=RECON_INSTRUCTION,
                  tokenizer_spec=openuni_tokenizer.train_spec(extra=("user\n\n" + RECON_INSTRUCTION,)))
+    prompts = dict(tokenizer_spec=openuni_tokenizer.train_spec(), eos_token="<|im_end|>", captions=CAPTIONS,
+                   generate=GEN_PROMPTS)
     torch.save(dict(config=config, state_dict=model.state_dict(), pixels=pixels, mask=mask,
                     input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], x_t=x_t, t=t, cond=cond,
-                    recon=recon, reca_harmon=os.path.join(reca_repo(), "Harmon") if reca_repo() else None), inputs)
+                    recon=recon, prompts=prompts,
+                    reca_harmon=os.path.join(reca_repo(), "Harmon") if reca_repo() else None), inputs)
     run(inputs, tmp_path / "out.pt")
     ref = torch.load(tmp_path / "out.pt", weights_only=False)
     assert ref["missing"] == [] and ref["unexpected"] == []
@@ -112,5 +127,36 @@ def test_harmon_parity(tmp_path, report_diffs, official):
         report_diffs["recon prompt ids (mismatches)"] = float(mismatches)
     else:
         print("[parity] SEGROS_PARITY_RECA_REPO unset: Reca's reconstruction prompt not checked")
+    report_diffs.update(compare_prompt_ids(ref["prompts"], prompts))
     bad = {k: v for k, v in report_diffs.items() if v > TOL}
     assert not bad, bad
+
+
+def compare_prompt_ids(ref, prompts) -> dict:
+    """Our training / generation prompt ids vs the official ones (the driver's ``official_prompt_ids``)."""
+    bpe = openuni_tokenizer.build(prompts["tokenizer_spec"], eos_token=prompts["eos_token"])
+    ours = build_harmon("tiny", tokenizer=bpe, cond_dropout_prob=1.0)
+    official = ref["train"]
+    assert official["unconditional"] == HarmonConfig().cond_dropout_prob and official["max_length"] == MAX_LENGTH
+    train = ours.tokenize_prompts(prompts["captions"])
+    dropped = ours.drop_conditions(train["input_ids"], train["attention_mask"], random.Random(0))
+    rows = lambda ids, att: [r[a.bool()].tolist() for r, a in zip(ids, att)]  # noqa: E731
+    assert len(official["ids"][0.0][-1]) == MAX_LENGTH  # the long caption is truncated
+    out = {}
+    for name, key in (("train", "train"), ("reca train", "reca_train")):
+        if key not in ref:
+            continue
+        mine = {0.0: rows(train["input_ids"], train["attention_mask"]), 1.0: rows(*dropped)}
+        bad = [(p, i) for p in (0.0, 1.0) for i, ids in enumerate(ref[key]["ids"][p]) if ids.tolist() != mine[p][i]]
+        assert not bad, (name, [(p, bpe.convert_ids_to_tokens(ref[key]["ids"][p][i].tolist()),
+                                 bpe.convert_ids_to_tokens(mine[p][i])) for p, i in bad])
+        out[f"{name} prompt ids, caption and dropped (mismatches)"] = float(len(bad))
+    bad = 0
+    for q, official_gen in zip(prompts["generate"], ref["generate"]):
+        gen = ours.tokenize_generation_prompts([q, ""])
+        same = (torch.equal(gen["input_ids"], official_gen["input_ids"].cpu())
+                and torch.equal(gen["attention_mask"].bool(), official_gen["attention_mask"].cpu()))
+        assert same, (q, gen, official_gen)
+        bad += int(not same)
+    out["generation prompt ids + cfg prompt, padded, and mask (mismatches)"] = float(bad)
+    return out
