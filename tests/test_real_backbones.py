@@ -470,26 +470,96 @@ def test_build_harmon_rejects_bad_config(tok):
 
 # ---- benchmark script -------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_bench_real_step_tiny_cpu(tmp_path):
+def _load_bench():
     import importlib.util
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_real_step.py"
     spec = importlib.util.spec_from_file_location("bench_real_step", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.slow
+def test_bench_real_step_tiny_cpu(tmp_path):
+    import json
+    import math
+    from types import SimpleNamespace
+
+    bench = _load_bench()
     out = tmp_path / "bench.json"
-    rows, ratios = bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0",
-                               "--dtype", "float32", "--no-grad-ckpt", "--text-len", "8", "--answer-len", "4",
-                               "--json", str(out)])
-    assert [r["family"] for r in rows] == ["harmon-tiny"]
-    assert rows[0]["step_s"] > 0 and rows[0]["tflop_per_step"] > 0 and rows[0]["tokens_per_s"] > 0
-    # tokens: T2I (8 text + 16 image + 4 buffer) and I2T (4 + 20 image slots + 12 + 4 answer) per sample
-    assert rows[0]["tokens_per_s"] * rows[0]["step_s"] == pytest.approx(2 * (8 + 16 + 4) + 2 * (4 + 20 + 12 + 4))
+    rows, ratios = bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0", "--dtype", "float32",
+                               "--text-len", "8", "--question-len", "4", "--answer-len", "4", "--flop-draws", "1",
+                               "--peak-tflops", "1", "--json", str(out)])
+    assert [r["family"] for r in rows] == ["showo-tiny", "harmon-tiny", "openuni-tiny"]
+    for r in rows:
+        for key in ("micro_s", "update_s", "step_s", "tokens_per_s", "tflop_per_micro", "tflop_per_step", "mfu"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["family"], key, r[key])
+        assert r["batch"] == 2 and r["step_s"] == pytest.approx(r["accum"] * r["micro_s"] + r["update_s"])
+        assert r["tflop_per_step"] == pytest.approx(r["accum"] * r["tflop_per_micro"])
+        assert r["tokens_per_s"] * r["micro_s"] == pytest.approx(2 * sum(r["llm_seq"]))
+    assert [r["accum"] for r in rows] == [5, 2, 16]  # Table 7: Show-o-256, Harmon-0.5B, OpenUni-1.6B
+    seq = {r["family"]: r["llm_seq"] for r in rows}
+    # LLM sequences of a SeGroS micro-step, from each family's layout. Show-o (hinted, Reca's):
+    # 16 text slots + floor(0.3 * 3*3) = 2 CLIP-grid hints + [soi] 16 codes [eoi]; then I2T
+    args = SimpleNamespace(text_len=8, question_len=4, answer_len=4)
+    showo = bench.build(bench.TINY["showo-tiny"])
+    _, i2t = bench.make_batches(showo, bench.config_for(bench.TINY["showo-tiny"], "segros"), 2, args,
+                                torch.Generator().manual_seed(0))
+    assert seq["showo-tiny"] == [16 + 2 + 18, showo.i2t_sequence(i2t)[0].shape[1]]
+    harmon = bench.build(bench.TINY["harmon-tiny"])
+    _, i2t = bench.make_batches(harmon, bench.config_for(bench.TINY["harmon-tiny"], "segros"), 2, args,
+                                torch.Generator().manual_seed(0))
+    assert len(seq["harmon-tiny"]) == 2 and seq["harmon-tiny"][1] == i2t["input_ids"].shape[1]
+    assert len(seq["openuni-tiny"]) == 1  # λ = 0: no I2T micro-batch
     assert set(ratios) == {"segros", "reca", "sft"} and all(t > 0 for t in ratios.values())
     assert json.loads(out.read_text())["rows"][0]["batch"] == 2
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--families", "harmon-1.5b"])  # a real family needs no --tiny: a clear error
+
+
+@pytest.mark.slow
+def test_bench_real_step_flops_only_tiny():
+    import math
+
+    bench = _load_bench()
+    rows = bench.main(["--flops-only", "--tiny", "--text-len", "4", "--question-len", "4", "--answer-len", "4",
+                       "--flop-draws", "1"])
+    by = {r["family"]: r["methods"] for r in rows}
+    assert list(by) == ["showo-tiny", "harmon-tiny", "openuni-tiny"]
+    for fam, methods in by.items():
+        for m in ("sft", "reca", "segros"):
+            assert math.isfinite(methods[m]["flops"]) and methods[m]["flops"] > 0, (fam, m)
+    h = {m: by["harmon-tiny"][m]["flops"] for m in ("sft", "reca", "segros")}
+    # same gamma: Reca conditions on all 4*4 = 16 hint tokens, SeGroS on floor(0.3 * 16) = 4, SFT on none
+    assert h["reca"] > h["segros"] > h["sft"]
+    # Show-o T2I: native [pad..][t2i][bos] text [eos] (17 slots) for SFT; Reca's hinted layout (16 slots)
+    # with all 9 CLIP-grid hints (Reca) or floor(0.3 * 9) = 2 (SeGroS); then [soi] 16 codes [eoi]
+    t2i_len = {m: by["showo-tiny"][m]["calls"][0][1] for m in ("sft", "reca", "segros")}
+    assert t2i_len == {"sft": 17 + 18, "reca": 16 + 9 + 18, "segros": 16 + 2 + 18}
+    with pytest.raises(SystemExit):
+        bench.main(["--flops-only", "--families", "harmon-2b"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["showo-tiny", "harmon-tiny", "openuni-tiny"])
+def test_bench_meta_flops_match_a_real_cpu_step(name):
+    """The meta-device count (data-dependent ops answered from CPU shadows) equals a real step's count."""
+    from types import SimpleNamespace
+
+    bench = _load_bench()
+    fam = bench.TINY[name]
+    cpu, meta = bench.build(fam, "cpu"), bench.build(fam, "meta")
+    assert next(meta.parameters()).device.type == "meta"
+    args = SimpleNamespace(text_len=8, question_len=4, answer_len=4)
+    for method in bench.METHODS:
+        config = bench.config_for(fam, method)
+        t2i, i2t = bench.make_batches(cpu, config, 2, args, torch.Generator().manual_seed(0))
+        flops_cpu, calls_cpu = bench.count_micro(cpu, config, t2i, i2t, seed=3)
+        flops_meta, calls_meta = bench.count_micro(meta, config, t2i, i2t, seed=3)
+        assert flops_meta == flops_cpu > 0, method
+        assert calls_meta == calls_cpu, method
 
 
 # ==== Show-o ==================================================================================
