@@ -157,6 +157,38 @@ def test_harmon_real_shapes_on_meta(size, tok):
 
 # ---- embeddings ------------------------------------------------------------------------------
 
+def test_harmon_encode_reuses_latents_of_the_same_pixels_only(harmon):
+    calls = []
+    first = next(harmon.vae.parameters())
+    saved = first.detach().clone()
+    orig = harmon.vae.encode_mean
+    harmon.vae.encode_mean = lambda x: (calls.append(1), orig(x))[1]
+    try:
+        pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        a, _ = harmon.encode(pixels)
+        b, _ = harmon.encode(pixels)  # embed_image then t2i_loss in one step: one VAE pass
+        assert len(calls) == 1 and torch.equal(a, b)
+        harmon.encode(pixels.clone())  # other pixels, same values: recomputed
+        assert len(calls) == 2
+        pixels.mul_(0.5)  # changed in place: recomputed, and the latents follow
+        c, _ = harmon.encode(pixels)
+        assert len(calls) == 3 and not torch.equal(a, c)
+        with torch.no_grad():  # new VAE weights (load_state_dict copies in place): recomputed
+            first.add_(0.1)
+        harmon.encode(pixels)
+        assert len(calls) == 4
+        harmon.vae.requires_grad_(True)  # a trainable VAE is never cached
+        harmon.encode(pixels)
+        harmon.encode(pixels)
+        assert len(calls) == 6
+    finally:
+        harmon.vae.requires_grad_(False)
+        del harmon.vae.encode_mean
+        with torch.no_grad():
+            first.copy_(saved)
+        harmon._latent_cache = None
+
+
 def test_harmon_embed_image_drops_buffer_and_is_per_sample(harmon):
     pixels = _batch(harmon)["pixels"]
     with torch.no_grad():
