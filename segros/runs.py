@@ -94,8 +94,14 @@ def prepare(run_dir, config: TrainConfig):
     atomic_write_json(path, {"hash": h, "config": config.to_dict()})
 
 
+MAX_NAME = 120  # file systems allow 255 bytes per name; a longer diff is cut and ends in the config hash
+
+
 def run_name(config: TrainConfig, preset="small") -> str:
-    """Name from the diff against a preset, method first: ``segros_eta=0.5_seed=1``."""
+    """Name from the diff against a preset, method first: ``segros_eta=0.5_seed=1``.
+
+    A name longer than ``MAX_NAME`` characters keeps its first ``MAX_NAME - 17`` and ends in
+    ``_<config_hash>`` (unique per config, and a valid folder name)."""
     base = get_preset(preset) if isinstance(preset, str) else preset
     cur, ref = config.to_dict(), base.to_dict()
     parts = [config.method]
@@ -107,8 +113,10 @@ def run_name(config: TrainConfig, preset="small") -> str:
             elif isinstance(v, dict):
                 v = ",".join(f"{a}:{b}" for a, b in sorted(v.items()))
             parts.append(f"{k}={v}")
-    name = "_".join(parts)
-    return name.replace("/", "-").replace(" ", "")
+    name = "_".join(parts).replace("/", "-").replace(" ", "")
+    if len(name) > MAX_NAME:  # a paper config (checkpoint paths, Table 7 fields) outgrows a file name
+        name = f"{name[:MAX_NAME - 17]}_{config_hash(config)}"
+    return name
 
 
 # -----------------------------------------------------------------------------

@@ -304,6 +304,7 @@ def train(config: TrainConfig, out, *, backbone=None, data=None, stage="finetune
     A finished run (``out/model.safetensors``) is loaded and returned without training.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     runs.prepare(out, config)
     seed_everything(config.seed)
@@ -326,8 +327,14 @@ def train(config: TrainConfig, out, *, backbone=None, data=None, stage="finetune
 
     schedule = micro_schedule(config)
     precision = resolve_precision(config.precision)
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
-                              cpu=not torch.cuda.is_available(), gradient_accumulation_steps=len(schedule))
+    mixed = "no" if precision == "fp32" else precision
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        # accelerate keeps one precision per process and refuses another; each run makes its own
+        # Accelerator, so a later run of another precision (a notebook, a table) starts its state afresh
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=len(schedule))
     optimizer = make_optimizer(backbone, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
     model, optimizer = accelerator.prepare(backbone, optimizer)

@@ -11,7 +11,7 @@ pixels [B, 3, H, W]; default the first ``n_fit`` renders of the shapes world's p
 Other keyword arguments are fields of the family's frozen config dataclass.
 
 Real families register themselves with :func:`register` (a builder taking ``**cfg``), e.g. from
-their own modules; :func:`load_backbone` reopens any tiny checkpoint folder.
+their own modules; :func:`load_backbone` reopens any tiny checkpoint folder and any run folder.
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def _real(family: str, size: str):
 
     ``checkpoint`` (a local path or hub id) is required: a random-weight model at paper size is
     never what a user means (tests build tiny random versions with ``build_harmon("tiny")`` etc.).
-    Harmon also takes ``vae_checkpoint`` and ``llm_path``; Show-o ``vq_checkpoint`` and ``llm_path``;
+    Harmon also takes ``vae_checkpoint`` and ``llm_path`` (a folder or hub id as ``checkpoint``, such
+    as ``wusize/harmon``, gives its ``harmon_<size>.pth``, or ``checkpoint_file``); Show-o
+    ``vq_checkpoint``, ``clip_path`` (the CLIP ViT-L/14-336 folder or hub id; without it CLIP keeps
+    random weights) and ``llm_path``;
     OpenUni ``mllm_path`` (InternVL3, either layout), ``sana_path`` and ``dcae_path`` (diffusers
     folders). Everything else overrides the adapter's config.
     """
@@ -102,14 +105,15 @@ def _real(family: str, size: str):
             from .harmon import build_harmon
 
             vae = cfg.pop("vae_checkpoint", None)
+            name = cfg.pop("checkpoint_file", f"harmon_{size}.pth")  # a folder / hub id holds both sizes
             model = build_harmon(size, **cfg)
-            checkpoints.load_harmon(model, checkpoint, vae)
+            checkpoints.load_harmon(model, checkpoint, vae, checkpoint_file=name)
         elif family == "showo":
             from .showo import build_showo
 
-            vq = cfg.pop("vq_checkpoint", None)
+            vq, clip = cfg.pop("vq_checkpoint", None), cfg.pop("clip_path", None)
             model = build_showo(size, **cfg)
-            checkpoints.load_showo(model, checkpoint, vq)
+            checkpoints.load_showo(model, checkpoint, vq, clip_path=clip)
         else:
             from .openuni import build_openuni
 
@@ -130,12 +134,30 @@ TINY_CLASSES = {"tiny-showo": TinyShowo, "tiny-harmon": TinyHarmon}
 
 
 def load_backbone(folder: str) -> Backbone:
-    """Reopen a checkpoint folder written by ``save_pretrained`` (family read from config.json)."""
+    """Reopen a checkpoint folder: one written by ``save_pretrained`` (family read from config.json),
+    or a run folder of :mod:`segros.runs` (any family, real ones included): the backbone its
+    ``TrainConfig`` names, built as training built it, with the run's ``model.safetensors`` (a
+    finished run) or else its latest ``checkpoint/``."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"folder {folder!r} holds no config.json")
     with open(path) as f:
-        family = json.load(f).get("family")
+        meta = json.load(f)
+    if isinstance(meta.get("config"), dict) and "hash" in meta:  # a run folder (segros.runs.prepare)
+        from segros import runs
+        from segros.presets import TrainConfig
+        from segros.train import make_backbone
+
+        weights = [w for w in (os.path.join(folder, "model.safetensors"),
+                               os.path.join(folder, runs.CHECKPOINT, "model.safetensors")) if os.path.isfile(w)]
+        if not weights:
+            none = meta["config"].get("method") == "none"  # "w/o SFT": never trained, its base's weights
+            raise ValueError(f"run folder {folder!r} holds no model.safetensors and no checkpoint"
+                             + (" (method 'none': reopen its init_from base run)" if none else " yet"))
+        model = make_backbone(TrainConfig.from_dict(meta["config"]))
+        runs.load_weights(model, weights[0])
+        return model.eval()
+    family = meta.get("family")
     if family not in TINY_CLASSES:
         raise ValueError(f"{folder!r} holds family {family!r}; loadable: {sorted(TINY_CLASSES)}")
     return TINY_CLASSES[family].from_pretrained(folder)

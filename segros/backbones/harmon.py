@@ -569,7 +569,8 @@ def build_harmon(size: str = "0.5b", tokenizer=None, llm_path: str | None = None
 
     ``tokenizer``: a transformers tokenizer; default: the tiny word-level one for "tiny", else
     ``AutoTokenizer.from_pretrained(llm_path)`` (Qwen2.5-Instruct folder or hub id). With
-    ``llm_path`` the LLM weights are loaded from it too (``Qwen2ForCausalLM.from_pretrained``).
+    ``llm_path`` the LLM weights are loaded from it too (``Qwen2ForCausalLM.from_pretrained``, cast to
+    torch's default dtype like the rest of the adapter).
     Load Harmon's own weights with :func:`segros.backbones.checkpoints.load_harmon`.
     """
     if size not in SIZES:
@@ -592,4 +593,7 @@ def build_harmon(size: str = "0.5b", tokenizer=None, llm_path: str | None = None
     if llm_path is not None:
         from transformers import Qwen2ForCausalLM
         llm = Qwen2ForCausalLM.from_pretrained(llm_path, attn_implementation=cfg.attn_implementation)
+        # transformers 5 loads a folder in its saved dtype (Qwen2.5-Instruct: bfloat16); the rest of the
+        # adapter is built in the default dtype, and mixed precision is autocast's job (segros.train)
+        llm = llm.to(torch.get_default_dtype())
     return Harmon(cfg, tokenizer, llm)

@@ -351,7 +351,8 @@ def load_internvl(path: str, tokenizer=None, attn_implementation: str = "sdpa") 
     is built from :func:`internvl_hf_config` and its weights converted by :func:`internvl_remote_to_hf`
     (no ``trust_remote_code``); a missing or unexpected key raises
     :class:`segros.backbones.checkpoints.CheckpointMismatch`. An "-hf" folder loads with
-    ``from_pretrained``. A hub id is fetched with ``snapshot_download`` first (never in tests).
+    ``from_pretrained``. Either way the weights end in torch's default dtype (the folders hold
+    bfloat16). A hub id is fetched with ``snapshot_download`` first (never in tests).
     """
     from transformers import InternVLModel
 
@@ -363,7 +364,9 @@ def load_internvl(path: str, tokenizer=None, attn_implementation: str = "sdpa") 
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
     if config.get("model_type") != "internvl_chat":
-        return InternVLModel.from_pretrained(path, attn_implementation=attn_implementation)
+        # saved dtype under transformers 5 (InternVL3: bfloat16) -> the default dtype, like the rest of OpenUni
+        model = InternVLModel.from_pretrained(path, attn_implementation=attn_implementation)
+        return model.to(torch.get_default_dtype()).eval()
     if tokenizer is None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(path)
