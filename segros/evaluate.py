@@ -75,6 +75,9 @@ def qa_scores(backbone, qa, batch_size=32, progress=True):
 
 def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=True):
     """GenEval-rule scores (six tags + overall) and QA accuracy of ``backbone``; see the module docstring."""
+    from segros.train import check_backbone
+
+    check_backbone(backbone, config.replace(lam=0.0))  # only what evaluation needs
     if world is None:
         from segros.data.shapes import ShapesWorld
 

@@ -271,6 +271,22 @@ def resolve_precision(precision):
 # -----------------------------------------------------------------------------
 # building the model
 
+def check_backbone(backbone, config: TrainConfig) -> None:
+    """Fail before any work when ``config`` asks for what ``backbone`` cannot do (not hours into a run).
+
+    λ > 0 needs an I2T loss (OpenUni trains none: ``trains_i2t = False``); ``eval_qa > 0`` needs
+    an ``answer()`` of its own (the real adapters have none: Table 2's understanding benchmarks
+    need hub models).
+    """
+    from segros.backbones.base import Backbone
+
+    name = getattr(backbone, "family", type(backbone).__name__)
+    if config.lam > 0 and config.i2t_micro > 0 and not getattr(backbone, "trains_i2t", True):
+        raise ValueError(f"{name} trains no I2T loss (Table 7: λ = 0); set lam=0 (got lam={config.lam})")
+    if config.eval_qa > 0 and getattr(type(backbone), "answer", Backbone.answer) is Backbone.answer:
+        raise ValueError(f"{name} has no answer() for the QA evaluation; set eval_qa=0 (got {config.eval_qa})")
+
+
 def make_backbone(config: TrainConfig):
     """The backbone from the registry, with a clear error when a paper backbone is not available."""
     from segros import backbones
@@ -315,6 +331,7 @@ def train(config: TrainConfig, out, *, backbone=None, data=None, stage="finetune
             if base == "auto":  # the shared base of this run store: runs/<table>/<name> -> runs/base/...
                 base = runs.ensure_base(config, os.path.dirname(os.path.dirname(os.path.abspath(out))), progress)
             runs.load_weights(backbone, os.path.join(base, "model.safetensors"))
+    check_backbone(backbone, config)
     if config.method == "none":  # "w/o SFT": the start checkpoint, not trained further
         return backbone
     final = os.path.join(out, "model.safetensors")

@@ -316,3 +316,44 @@ def test_paper_command_line(official, tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
     assert (tmp_path / "harmon05" / "model.safetensors").read_bytes() == weights
     assert json.loads((tmp_path / "harmon05" / "results.json").read_text()) == res
+
+
+@pytest.mark.parametrize("family,size,given,missing", [
+    ("harmon", "0.5b", {"llm_path": "/q"}, []),  # a folder or hub id as checkpoint also gives kl16.ckpt
+    ("harmon", "1.5b", {"vae_checkpoint": "/v"}, ["llm_path"]),
+    ("showo", "512", {"vq_checkpoint": "/m", "llm_path": "/p"}, ["clip_path"]),
+    ("openuni", "3.6b", {"mllm_path": "/i"}, ["sana_path", "dcae_path"]),
+])
+def test_paper_backbone_names_the_parts_that_would_stay_random(family, size, given, missing, monkeypatch):
+    from segros.backbones import _real
+
+    if not missing:  # everything named: the build goes on to load (here: stopped at the loader)
+        from segros.backbones import harmon
+
+        def stop(*a, **k):
+            raise RuntimeError("loader reached")
+        monkeypatch.setattr(harmon, "build_harmon", stop)
+        with pytest.raises(RuntimeError, match="loader reached"):
+            _real(family, size)(checkpoint="wusize/harmon", **given)
+        return
+    with pytest.raises(ValueError) as err:
+        _real(family, size)(checkpoint="/ckpt/official.pth", **given)
+    msg = str(err.value)
+    for part in missing:
+        assert part in msg
+    for part in given:
+        assert part not in msg.split("needs", 1)[1]
+
+
+@pytest.mark.parametrize("family,override,message", [
+    ("openuni", dict(lam=1.0, i2t_micro=2), "trains no I2T"),  # Table 7: λ = 0 for OpenUni
+    ("harmon", dict(eval_qa=4), "no answer"),  # the real adapters have no QA head
+])
+def test_unsupported_requests_fail_before_training(official, tmp_path, family, override, message):
+    from segros.train import train
+
+    _, kwargs = official(family)
+    cfg = dataclasses.replace(paper_config(family, "segros", kwargs), **override)
+    with pytest.raises(ValueError, match=message):
+        train(cfg, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()

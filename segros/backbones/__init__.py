@@ -81,6 +81,17 @@ register("tiny-harmon", build_tiny_harmon)
 
 
 
+# what each paper backbone loads besides its own checkpoint (without them those parts stay random)
+REQUIRED_PARTS = {
+    "harmon": {"vae_checkpoint": "kl16.ckpt, the KL-16 VAE (defaults to the checkpoint when that is a folder or hub id)",
+               "llm_path": "the Qwen2.5-Instruct folder: tokenizer and LLM config"},
+    "showo": {"vq_checkpoint": "the MAGVIT-v2 tokenizer (magvitv2)", "clip_path": "CLIP ViT-L/14-336",
+              "llm_path": "the Phi-1.5 folder: tokenizer and config"},
+    "openuni": {"mllm_path": "InternVL3-1B/2B, remote-code or -hf layout", "sana_path": "the SANA diffusers folder",
+                "dcae_path": "the DC-AE f32c32 diffusers folder"},
+}
+
+
 def _real(family: str, size: str):
     """A builder for a paper backbone: the adapter with its official checkpoint loaded.
 
@@ -99,6 +110,12 @@ def _real(family: str, size: str):
             raise ValueError(
                 f"the {family}-{size} backbone needs its official checkpoint: pass "
                 f"--set backbone_kwargs='{{\"checkpoint\": \"/path/or/hub-id\"}}' (see README, real backbones)")
+        if family == "harmon" and "vae_checkpoint" not in cfg and not os.path.isfile(checkpoint):
+            cfg["vae_checkpoint"] = checkpoint  # a folder or hub id (wusize/harmon) holds kl16.ckpt too
+        missing = [k for k in REQUIRED_PARTS[family] if not cfg.get(k)] if size != "tiny" else []
+        if missing:  # the parts an official checkpoint does not hold would silently stay random
+            raise ValueError(f"the {family}-{size} backbone also needs {', '.join(missing)} in backbone_kwargs "
+                             f"({'; '.join(REQUIRED_PARTS[family][k] for k in missing)}); see README, real backbones")
         from . import checkpoints
 
         if family == "harmon":

@@ -596,6 +596,8 @@ class OpenUni(Backbone):
         return flow_matching_mse(per_token, tokens, cond, generator=generator, loss_weight=weight,
                                  num_train_timesteps=self.cfg.num_train_timesteps or None)
 
+    trains_i2t = False  # segros.train.check_backbone refuses λ > 0 before training starts
+
     def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError("OpenUni trains no I2T loss (λ = 0 in Table 7; the MLLM is frozen)")
 
