@@ -18,6 +18,7 @@ compared after lower-casing and stripping.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -87,14 +88,33 @@ def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=T
     was_training = backbone.training
     backbone.eval()
     try:
-        results = {}
-        if config.eval_prompts > 0:
-            metadata = world.geneval_metadata(n_total=config.eval_prompts, seed=config.world_seed)
-            results["geneval"] = geneval_scores(backbone, metadata, os.path.join(run_dir, "geneval"),
-                                                config.eval_seeds, detector, config.batch_size, progress)
-        if config.eval_qa > 0:
-            qa = world.qa(world.split("eval", config.eval_qa))[:config.eval_qa]
-            results["qa"] = qa_scores(backbone, qa, progress=progress)
+        with eval_autocast(backbone, config):
+            return _evaluate(backbone, config, run_dir, world, detector, progress)
     finally:
         backbone.train(was_training)
+
+
+def eval_autocast(backbone, config):
+    """Inference in the precision training used: bf16/fp16 autocast where ``config.precision``
+    resolves to it (``"auto"``: bf16 on a GPU, as the official scripts generate in bf16), else a
+    no-op (fp32 on a CPU, so the committed small results are unchanged)."""
+    from segros.train import resolve_precision
+
+    precision = resolve_precision(config.precision)
+    param = next(iter(backbone.parameters()), None) if hasattr(backbone, "parameters") else None
+    if precision not in ("bf16", "fp16") or param is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(param.device.type, dtype=dtype)
+
+
+def _evaluate(backbone, config, run_dir, world, detector, progress):
+    results = {}
+    if config.eval_prompts > 0:
+        metadata = world.geneval_metadata(n_total=config.eval_prompts, seed=config.world_seed)
+        results["geneval"] = geneval_scores(backbone, metadata, os.path.join(run_dir, "geneval"),
+                                            config.eval_seeds, detector, config.batch_size, progress)
+    if config.eval_qa > 0:
+        qa = world.qa(world.split("eval", config.eval_qa))[:config.eval_qa]
+        results["qa"] = qa_scores(backbone, qa, progress=progress)
     return results

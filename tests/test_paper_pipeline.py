@@ -294,6 +294,26 @@ def test_paper_preset_under_bf16_autocast(official, tmp_path, family):
     assert res["geneval"]["n_images"] == N_PROMPTS * len(SEEDS)
 
 
+@pytest.mark.parametrize("precision,expect", [("bf16", torch.bfloat16), ("fp32", None)])
+def test_evaluation_generates_in_the_training_precision(official, tmp_path, monkeypatch, precision, expect):
+    # the official scripts generate in bf16; a bf16 run evaluates under bf16 autocast, fp32 stays fp32
+    from segros import evaluate
+
+    _, kwargs = official("harmon")
+    cfg = paper_config("harmon", "segros", kwargs, precision=precision)
+    model = build_backbone("harmon-tiny", **kwargs)
+    seen = []
+    real = type(model).generate
+
+    def spy(self, prompts, seed=0, **kw):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real(self, prompts, seed=seed, **kw)
+    monkeypatch.setattr(type(model), "generate", spy)
+    res = evaluate.evaluate(model, cfg, str(tmp_path), progress=False)
+    assert seen and set(seen) == {expect}
+    assert res["geneval"]["n_images"] == N_PROMPTS * len(SEEDS)
+
+
 # ---- the command line of the README ----------------------------------------------------------------
 
 def test_paper_command_line(official, tmp_path, capsys):
