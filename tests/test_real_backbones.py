@@ -294,6 +294,88 @@ def test_harmon_hint_grad_scale_scales_hint_gradient(harmon, tok):
     torch.testing.assert_close(grads[0.1], 0.1 * grads[1.0])
 
 
+def _llm_inputs(model, batch, sup, hints):
+    """The kwargs and output of the LLM call of one ``t2i_loss``."""
+    seen = {}
+
+    def hook(module, args, kwargs, output):
+        seen.update(kwargs, hidden=output.last_hidden_state)
+
+    handle = model.llm.model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            loss = model.t2i_loss(batch, sup, hints, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    return seen, loss
+
+
+def test_harmon_hint_layouts_sequence_and_mask(harmon, tok):
+    from segros.attention import segros_attention_mask
+    batch = _batch(harmon)  # row 0 is right-padded
+    masked = _masked()
+    sup = _supervision(masked)
+    text_mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        text = harmon.embed_text(batch["input_ids"])
+        lat, hw = harmon.encode(batch["pixels"])
+        _, z_enc = harmon.visual_features(lat, masked.float(), hw)
+        hints = harmon.embed_image(batch["pixels"]).z_image[:, [1, 5, 6]]
+    b, n_img, ones = 2, z_enc.shape[1], lambda k: torch.ones(2, k, dtype=torch.bool)  # noqa: E731
+    # "prepend" (the default, unchanged): [hints][text][image] under Fig. 6
+    seen, _ = _llm_inputs(harmon, batch, sup, hints)
+    torch.testing.assert_close(seen["inputs_embeds"], torch.cat([hints, text, z_enc], 1), rtol=0, atol=0)
+    fig6 = segros_attention_mask(3, text_mask, n_img, as_bool=True)
+    assert torch.equal(seen["attention_mask"] == 0, fig6)
+    real = torch.cat([ones(3), text_mask, ones(n_img)], 1)
+    assert torch.equal(seen["position_ids"], (real.long().cumsum(1) - 1).clamp(min=0))
+    # "reca": Reca's slot after <|im_start|>user\n (Reca harmon_dev.py HarmonDev.recon_loss), causal + padding
+    slot = len(harmon._encode("<|im_start|>user\n"))
+    for attention in ("native", "fig6"):
+        reca = build_harmon("tiny", tokenizer=tok, hint_layout="reca", image_attention=attention)
+        reca.load_state_dict(harmon.state_dict())
+        reca.eval()
+        full = reca.embed_image(batch["pixels"]).z_image
+        buffer = full._reca_buffer
+        torch.testing.assert_close(full, harmon.embed_image(batch["pixels"]).z_image)
+        for h, expect in ((hints, hints), (full, torch.cat([full, buffer], 1))):  # a subset; Reca's full prompt
+            seen, loss = _llm_inputs(reca, batch, sup, h)
+            nh = expect.shape[1]
+            torch.testing.assert_close(seen["inputs_embeds"], torch.cat([text[:, :slot], expect, text[:, slot:], z_enc],
+                                                                        1), rtol=0, atol=0)
+            real = torch.cat([text_mask[:, :slot], ones(nh), text_mask[:, slot:], ones(n_img)], 1)
+            s = real.shape[1]
+            allowed = torch.ones(s, s, dtype=torch.bool).tril()[None] & real[:, None, :]
+            if attention == "fig6":
+                allowed[:, s - n_img:] = real[:, None, :]
+            assert torch.equal(seen["attention_mask"][:, 0] == 0, allowed), (attention, nh)
+            assert torch.equal(seen["position_ids"], (real.long().cumsum(1) - 1).clamp(min=0))
+            assert torch.isfinite(loss)
+    assert buffer.shape == (b, reca.cfg.buffer_size, reca.width)
+    # without hints the layouts agree (reca here: image_attention "fig6", as harmon); a prompt without the
+    # chat template is refused
+    with torch.no_grad():
+        torch.testing.assert_close(reca.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0)),
+                                   harmon.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0)),
+                                   rtol=0, atol=0)
+    bad = dict(batch, input_ids=batch["input_ids"][:, 1:], attention_mask=batch["attention_mask"][:, 1:])
+    with pytest.raises(ValueError, match="hint_layout='reca'"):
+        reca.t2i_loss(bad, sup, hints)
+
+
+def test_harmon_reca_layout_trains_the_buffer_tokens(harmon, tok):
+    reca = build_harmon("tiny", tokenizer=tok, hint_layout="reca", hint_grad_scale=0.1)
+    reca.load_state_dict(harmon.state_dict())
+    reca.eval()
+    batch = _batch(reca)
+    full = reca.embed_image(batch["pixels"]).z_image
+    full.retain_grad()
+    full._reca_buffer.retain_grad()
+    reca.t2i_loss(batch, _supervision(_masked()), full, generator=torch.Generator().manual_seed(0)).backward()
+    assert full.grad.abs().sum() > 0 and full._reca_buffer.grad.abs().sum() > 0
+    reca.zero_grad()
+
+
 def test_harmon_prompt_defaults_are_the_official_values(tok):
     from segros.backbones.harmon import MAX_LENGTH, SIZES as HARMON_SIZES
     # official configs/datasets/qwen2_5_1_5b/text2image.py: unconditional=0.1, max_length=128;
@@ -496,6 +578,8 @@ def test_build_harmon_rejects_bad_config(tok):
         build_harmon("tiny", tokenizer=tok, not_a_field=1)
     with pytest.raises(ValueError, match="image_attention"):
         build_harmon("tiny", tokenizer=tok, image_attention="sideways")
+    with pytest.raises(ValueError, match="hint_layout"):
+        build_harmon("tiny", tokenizer=tok, hint_layout="after")
     with pytest.raises(ValueError, match="llm_path"):
         build_harmon("0.5b")
 

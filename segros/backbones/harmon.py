@@ -14,10 +14,10 @@ The SeGroS hooks (§3, §11.0.2, Eqs. 16–17):
   buffer tokens dropped: [B, 1024, D] on a 32×32 grid at 512 px (``hint_grid_hw`` =
   ``target_grid_hw``).
 * ``t2i_loss``: sequence ``[hints][chat prompt][proj_in(MAR encoder on the visible latents) +
-  64 buffer tokens]``, the LLM's image outputs go through ``proj_out`` and are *added* to the
-  encoder output (Harmon's residual), then the MAR decoder and the diffusion head's eps-MSE on
-  the masked latents (:func:`segros.objectives.diffusion_mse`, 4 samples per token, cosine
-  schedule of 1000 steps). The MAR encoder drops masked tokens, so every sample of a batch must
+  64 buffer tokens]`` (``hint_layout="prepend"``; ``"reca"``: Reca's order, below), the LLM's image
+  outputs go through ``proj_out`` and are *added* to the encoder output (Harmon's residual), then the
+  MAR decoder and the diffusion head's eps-MSE on the masked latents
+  (:func:`segros.objectives.diffusion_mse`, 4 samples per token, cosine schedule of 1000 steps). The MAR encoder drops masked tokens, so every sample of a batch must
   have the same number of masked tokens (``gamma_per = "batch"``, truncated-normal γ).
 * ``i2t_loss``: ``<|im_start|>user\\n`` + the 1088 image tokens (buffer moved to the end) +
   ``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>``; shifted NLL on the answer.
@@ -58,12 +58,32 @@ Prompts and caption dropout (the official code, exactly):
 
 Conventions this module fixes (the paper and the official code leave them open):
 
-* Hint placement: the hints are *prepended* before the chat prompt (§8.2, Fig. 6), not inserted
-  after ``<|im_start|>user\\n`` as Reca does with its full image prompt. Attention is the Fig. 6
-  mask of :func:`segros.attention.segros_attention_mask` (hints bidirectional among themselves,
-  text causal + all hints, image tokens see everything real). ``image_attention="native"``
-  instead keeps Harmon's own causal mask over [text][image] (hints are then still visible to
-  everything after them); generation uses the same rule as training.
+* Hint placement, ``hint_layout``: ``"prepend"`` (default) puts the hints *before* the chat prompt
+  (§8.2, Fig. 6: ``[hints][chat prompt][image]``). Attention is the Fig. 6 mask of
+  :func:`segros.attention.segros_attention_mask` (hints bidirectional among themselves, text causal +
+  all hints, image tokens see everything real). ``image_attention="native"`` instead keeps Harmon's own
+  causal mask over [text][image] (hints are then still visible to everything after them).
+  ``"reca"`` puts them where Reca puts its image prompt, Reca ``Harmon/src/models/harmon_dev.py``
+  ``HarmonDev.recon_loss``: the -200 slot after the first 3 prompt ids (``<|im_start|>user\\n``,
+  whose last id is Qwen's merged "\\n\\n" in front of an instruction; :meth:`Harmon.reca_slot`), i.e.
+  ``[<|im_start|>user\\n][hints][rest of the prompt][padding][image]``; the LLM gets what Reca's
+  ``Harmon/src/models/harmon.py`` ``Harmon.prepare_forward_input`` gives it, a 2-D padding mask
+  (right-padded, ``collate_func_gen``), so the whole sequence is causal with padded keys blocked (hints
+  causal among themselves, the 3 template ids blind to them) and position ids ``cumsum(real) - 1``.
+  There ``image_attention`` acts on the image block only: ``"native"`` keeps it causal (Reca exactly:
+  ``hint_layout="reca", image_attention="native"``, checked against Reca's code in
+  ``tests/parity/test_harmon_parity.py``), ``"fig6"`` lets image tokens see every real token. What the
+  hints are in ``"reca"``: Reca's image prompt is all 1088 encoder tokens (``harmon.py``
+  ``Harmon.extract_visual_feature`` with nothing masked: proj_in of the 64 buffer + 1024 grid tokens,
+  buffer moved to the end). :meth:`embed_image` still returns the 1024 grid tokens (the protocol's hint
+  grid, which grounding ranks) and, in this layout only, carries the 64 buffer tokens of the same
+  encoder pass on the returned tensor (``_reca_buffer``, same dropout draw and graph); :meth:`t2i_loss`
+  appends them when it is handed that tensor itself, which is what ``segros.train.t2i_step`` does for
+  method "reca": the Reca baseline gets Reca's 1088 tokens. A selected subset (SeGroS, the Reca hint
+  filter: top-η grid tokens gathered into a new tensor) goes into the slot without buffer tokens: the
+  buffer is not on the grid the map ranks, and the paper's hints are visual tokens. ``hint_grad_scale``
+  (Reca: 0.1, ``HarmonDev.recon_loss``' ``_ScaleGradient`` on all 1088) covers the buffer too.
+  Generation (no hints) is the same in both layouts.
 * Position ids: ``cumsum(real) - 1`` over the whole sequence (Harmon's ``prepare_forward_input``),
   so the image block follows the last real text token whatever the padding.
 * ``text_valid`` marks only the user caption's tokens, not the chat template and not the fixed
@@ -86,10 +106,9 @@ Conventions this module fixes (the paper and the official code leave them open):
   ``max_length=128`` (``configs/datasets/qwen2_5_1_5b/reconstruction_mid.py``). With
   ``recon_prompts`` set, :meth:`tokenize_recon_prompts` gives those ids without the slot and
   :func:`segros.train.without_text` uses them; without it the Reca baselines get the empty prompt
-  (:meth:`tokenize_prompts` of "", i.e. "Generate an image."). The hints stay prepended (above), and
-  they are ``embed_image`` (no buffer tokens), where Reca inserts all 1088 encoder tokens after
-  ``<|im_start|>user\\n`` (``\\n\\n`` before an instruction: Qwen merges the two newlines), under
-  Harmon's causal mask.
+  (:meth:`tokenize_prompts` of "", i.e. "Generate an image."). Where the hints go and which tokens
+  they are: ``hint_layout`` above (``"prepend"``: ``embed_image``'s grid tokens before the prompt;
+  ``"reca"``: Reca's 1088 tokens in Reca's slot).
 * The diffusion loss is the eps-MSE of Eq. 17 only (see :mod:`segros.backbones._mar`).
 
 Checkpoints (:mod:`segros.backbones.checkpoints`): ``harmon_0.5b.pth`` / ``harmon_1.5b.pth`` hold
@@ -160,6 +179,7 @@ class HarmonConfig:
     image_size: int = 512
     diffusion_batch_mul: int = 4
     image_attention: str = "fig6"  # "fig6" | "native"
+    hint_layout: str = "prepend"  # "prepend" | "reca" (module docstring)
     hint_grad_scale: float = 1.0  # Reca: 0.1
     # no-hint T2I training (the SFT baseline): a row's caption becomes "Generate an image." with this
     # probability (official Text2ImageDataset._process_text, unconditional=0.1 in configs/datasets/.../text2image.py)
@@ -240,8 +260,9 @@ class Harmon(CaptionDropout, Backbone):
         super().__init__()
         from transformers import Qwen2ForCausalLM
 
-        if cfg.image_attention not in ("fig6", "native"):
-            raise ValueError(f"image_attention must be 'fig6' or 'native', got {cfg.image_attention!r}")
+        for name, allowed in (("image_attention", ("fig6", "native")), ("hint_layout", ("prepend", "reca"))):
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
         for name in ("cond_dropout_prob", "text_free_prob"):
             if not 0.0 <= getattr(cfg, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
@@ -332,8 +353,13 @@ class Harmon(CaptionDropout, Backbone):
         nb = self.cfg.buffer_size
         return x_enc, torch.cat([z[:, nb:], z[:, :nb]], dim=1)
 
-    def _llm_image_outputs(self, text_embeds, text_mask, z_enc, hints):
-        """Run [hints][text][image] through the LLM; return the image block's last hidden states."""
+    def _llm_image_outputs(self, text_embeds, text_mask, z_enc, hints, slot: int | None = None):
+        """Run the LLM over the prompt, the hints and the image block; return the image block's last hidden states.
+
+        ``slot`` None: ``[hints][text][image]`` (``hint_layout="prepend"``); else ``hint_layout="reca"``:
+        ``[text[:slot]][hints][text[slot:]][image]`` (module docstring)."""
+        if hints is not None and slot is not None:
+            return self._llm_image_outputs_reca(text_embeds, text_mask, z_enc, hints, slot)
         b, n_img = z_enc.shape[0], z_enc.shape[1]
         n_hint = 0 if hints is None else hints.shape[1]
         parts = [text_embeds, z_enc] if hints is None else [hints.to(z_enc.dtype), text_embeds, z_enc]
@@ -347,16 +373,39 @@ class Harmon(CaptionDropout, Backbone):
             allowed[:, :, s0:, s0:] = causal
         real = torch.cat([torch.ones(b, n_hint, dtype=torch.bool, device=embeds.device), text_mask.bool(),
                           torch.ones(b, n_img, dtype=torch.bool, device=embeds.device)], dim=1)
+        return self._run_llm(embeds, allowed, real, n_img)
+
+    def _llm_image_outputs_reca(self, text_embeds, text_mask, z_enc, hints, slot):
+        """``hint_layout="reca"``: Reca ``harmon_dev.py`` ``HarmonDev.recon_loss`` + ``harmon.py``
+        ``Harmon.prepare_forward_input``: the hints replace the image slot after the first ``slot`` prompt
+        ids, the image block follows the (right-padded) prompt, and the LLM gets a 2-D padding mask, i.e.
+        the causal mask with padded keys blocked over the whole sequence. ``image_attention="fig6"`` lets
+        the image block see every real token (the rest stays Reca's)."""
+        b, n_img, n_hint = z_enc.shape[0], z_enc.shape[1], hints.shape[1]
+        dev = text_embeds.device
+        embeds = torch.cat([text_embeds[:, :slot], hints.to(z_enc.dtype), text_embeds[:, slot:], z_enc], dim=1)
+        mask = text_mask.bool()
+        ones = lambda n: torch.ones(b, n, dtype=torch.bool, device=dev)  # noqa: E731
+        real = torch.cat([mask[:, :slot], ones(n_hint), mask[:, slot:], ones(n_img)], dim=1)
+        s = real.shape[1]
+        allowed = torch.ones(s, s, dtype=torch.bool, device=dev).tril()[None, None] & real[:, None, None, :]
+        if self.cfg.image_attention == "fig6":
+            allowed = allowed.clone()
+            allowed[:, :, s - n_img:, :] = real[:, None, None, :]
+        return self._run_llm(embeds, allowed, real, n_img)
+
+    def _run_llm(self, embeds, allowed, real, n_img):
         position_ids = (real.long().cumsum(1) - 1).clamp(min=0)
         zero = torch.zeros((), dtype=embeds.dtype, device=embeds.device)
         additive = torch.where(allowed, zero, torch.finfo(embeds.dtype).min)
         out = self.llm.model(inputs_embeds=embeds, attention_mask=additive, position_ids=position_ids)
         return out.last_hidden_state[:, -n_img:]
 
-    def forward_mae_encoder(self, latents, mask, hw, text_embeds, text_mask, hints=None):
-        """Harmon's forward_mae_encoder with SeGroS hints: x_enc + proj_out(LLM(image block))."""
+    def forward_mae_encoder(self, latents, mask, hw, text_embeds, text_mask, hints=None, slot: int | None = None):
+        """Harmon's forward_mae_encoder with SeGroS hints: x_enc + proj_out(LLM(image block)).
+        ``slot``: see :meth:`_llm_image_outputs`."""
         x_enc, z_enc = self.visual_features(latents, mask, hw)
-        z_llm = self._llm_image_outputs(text_embeds, text_mask, z_enc, hints)
+        z_llm = self._llm_image_outputs(text_embeds, text_mask, z_enc, hints, slot)
         nb = self.cfg.buffer_size
         z_llm = torch.cat([z_llm[:, -nb:], z_llm[:, :-nb]], dim=1)  # buffer back to the front
         return x_enc + self.proj_out(z_llm)
@@ -371,8 +420,27 @@ class Harmon(CaptionDropout, Backbone):
         latents, hw = self.encode(pixels)
         mask = torch.zeros(latents.shape[:2], device=latents.device, dtype=latents.dtype)
         x_enc = self.mar.forward_mae_encoder(latents, mask, self._buffer_embed(latents.shape[0]), hw)
-        z = self.proj_in(x_enc[:, self.cfg.buffer_size:])
-        return VisualTokens(z, hw)
+        nb = self.cfg.buffer_size
+        if self.cfg.hint_layout != "reca":
+            return VisualTokens(self.proj_in(x_enc[:, nb:]), hw)
+        # Reca's image prompt (harmon.py extract_visual_feature): proj_in of all 1088 tokens; the grid
+        # tokens are the hints, the 64 buffer tokens ride along on the tensor for t2i_loss (module docstring)
+        z = self.proj_in(x_enc)
+        tokens = z[:, nb:]
+        tokens._reca_buffer = z[:, :nb]
+        return VisualTokens(tokens, hw)
+
+    def reca_slot(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> int:
+        """Where ``hint_layout="reca"`` puts the hints: after the ids of ``<|im_start|>user\\n`` (Reca's first
+        3 ids; the last of them may be Qwen's merged "\\n\\n" of a reconstruction prompt)."""
+        pre = self._encode(INSTRUCTION.split("{input}")[0])
+        p = len(pre)
+        head = torch.tensor(pre[:-1], dtype=text_ids.dtype)
+        if (text_ids.shape[1] < p or not bool(text_mask[:, :p].bool().all())
+                or not bool((text_ids[:, :p - 1].cpu() == head).all())):
+            raise ValueError("hint_layout='reca' needs every prompt to start with the chat template's "
+                             "'<|im_start|>user\\n' ids (tokenize_prompts / tokenize_recon_prompts)")
+        return p
 
     def _check_supervision(self, supervision, b: int, n: int) -> torch.Tensor:
         masked = supervision.masked
@@ -405,12 +473,16 @@ class Harmon(CaptionDropout, Backbone):
         if hints is not None:
             if hints.ndim != 3 or hints.shape[0] != b or hints.shape[2] != self.width:
                 raise ValueError(f"hints must be [B, H, D] = [{b}, H, {self.width}], got {tuple(hints.shape)}")
+            buffer = getattr(hints, "_reca_buffer", None) if self.cfg.hint_layout == "reca" else None
+            if buffer is not None:  # embed_image's whole output: Reca's 1088-token image prompt, buffer last
+                hints = torch.cat([hints, buffer], dim=1)
             if self.cfg.hint_grad_scale != 1.0:
                 hints = _ScaleGrad.apply(hints, self.cfg.hint_grad_scale)
         text_ids, text_mask = self.sft_conditions(batch["input_ids"], batch["attention_mask"], hints, generator)
+        slot = self.reca_slot(text_ids, text_mask) if hints is not None and self.cfg.hint_layout == "reca" else None
         text_embeds = self.embed_text(text_ids)
         x_enc = self.forward_mae_encoder(latents, masked.to(latents.dtype), hw, text_embeds,
-                                         text_mask.to(self.device), hints)
+                                         text_mask.to(self.device), hints, slot)
         z = self.mar.forward_mae_decoder(x_enc, masked.to(latents.dtype), hw)
         schedule = DiffusionSchedule(1000)
         return diffusion_mse(self.mar.diffloss.predict_eps, latents, z, supervision.loss_weight.to(self.device),

@@ -135,11 +135,100 @@ def reca_recon_ids(root, recon):
     return out, max_length
 
 
-def main(inp, out):
-    data = torch.load(inp, weights_only=False)
-    c = data["config"]
+def _load(name, path, package=None, replace=None):
+    """The module at ``path`` as ``name``; ``replace`` (old, new, count): a source edit before it runs."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    if package:
+        mod.__package__ = package
+    sys.modules[name] = mod
+    if replace is None:
+        spec.loader.exec_module(mod)
+    else:
+        with open(path) as f:
+            source = f.read()
+        old, new, count = replace
+        assert source.count(old) == count, (path, old, source.count(old))
+        exec(compile(source.replace(old, new), path, "exec"), mod.__dict__)
+    return mod
+
+
+def reca_recon(root, c, recon):
+    """Reca's reconstruction step, ``src/models/harmon_dev.py`` ``HarmonDev.recon_loss`` (on Reca's own
+    ``src/models/harmon.py``, whose ``forward_mae_encoder`` takes ``inputs_embeds``), on the tiny weights
+    ``recon["state_dict"]``: the batch is Reca's ``MidjourneyReconstructionDataset._process_text`` ids of
+    ``recon["rows"]`` (instruction / "Generate an image."), collated by Reca's ``collate_func_gen`` with
+    ``pad_index``; the MAR mask is ``recon["mask"]`` (``random_masking`` patched), and the diffusion
+    draws of ``DiffLoss.forward`` / ``training_losses`` are replaced by ``recon["t"]`` and
+    ``recon["noise"]`` (Reca's rows: token j of copy s at s*B*N + j). Captured: the LLM's inputs and
+    last hidden states, the decoder output z, and the loss terms (``loss`` = mse + vb, ``mse``)."""
+    import openuni_tokenizer
+
+    _stub("mmengine.model", BaseModel=nn.Module)
+    _stub("mmengine.logging", print_log=print)
+    _stub("xtuner")
+    _stub("xtuner.model")
+    _stub("xtuner.model.utils", guess_load_checkpoint=None)
+    _stub("xtuner.utils", IMAGE_TOKEN_INDEX=-200, DEFAULT_PAD_TOKEN_INDEX=0, IGNORE_INDEX=-100)
+    pkg = _stub("reca_models")
+    pkg.__path__ = [os.path.join(root, "src", "models")]
+    _load("reca_models.harmon", os.path.join(root, "src", "models", "harmon.py"), "reca_models")
+    # Reca writes the image prompt's length as the literal 1088 (1024 + 64 at 512 px; 5 times: i2t ids, mask,
+    # labels, recon ids, mask); the tiny model has (64/16)^2 + buffer_size tokens
+    n_img = (recon["pixels"].shape[-1] // 16) ** 2 + c["buffer_size"]
+    dev = _load("reca_models.harmon_dev", os.path.join(root, "src", "models", "harmon_dev.py"), "reca_models",
+                replace=("1088", str(n_img), 5))
+    collate = _load("reca_collate", os.path.join(root, "src", "datasets", "collate_functions.py"))
+    ids, max_length = [], None
+    for instruction, unconditional in recon["rows"]:
+        rows, max_length = reca_recon_ids(root, dict(instruction=instruction, tokenizer_spec=recon["tokenizer_spec"]))
+        ids.append(rows[int(unconditional)])
+    r = build_official(dev.HarmonDev, c, recon["state_dict"])
+    r.grad_scale = recon["grad_scale"]
+    b, n = recon["mask"].shape
+    batch = collate.collate_func_gen([dict(pixel_values=px, input_ids=i) for px, i in zip(recon["pixels"] * 2 - 1, ids)],
+                                     pad_index=recon["pad_index"])["data"]
+    res = {"ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    r.mar.random_masking = lambda x, orders: recon["mask"].to(x)
+    diffusion = r.mar.diffloss.train_diffusion
+    original = diffusion.training_losses
+
+    def training_losses(model, x_start, t, model_kwargs=None, noise=None):
+        assert noise is None and t.shape == recon["t"].shape and x_start.shape == recon["noise"].shape
+        terms = original(model, x_start, recon["t"], model_kwargs, noise=recon["noise"])
+        mask = r.mar_mask_rows
+        for key in ("loss", "mse"):
+            res[f"loss_{key}"] = (terms[key] * mask).sum() / mask.sum()
+        return terms
+
+    diffusion.training_losses = training_losses
+    forward_loss = r.mar.forward_loss
+
+    def capture_loss(z, target, mask):
+        res["z"] = z
+        r.mar_mask_rows = mask.reshape(-1).repeat(r.mar.diffusion_batch_mul)
+        return forward_loss(z=z, target=target, mask=mask)
+
+    r.mar.forward_loss = capture_loss
+
+    def hook(module, args, kwargs, output):
+        res["llm_inputs_embeds"] = kwargs["inputs_embeds"]
+        res["llm_position_ids"] = kwargs["position_ids"]
+        res["llm_attention_mask"] = kwargs["attention_mask"]
+        res["llm_hidden"] = output.last_hidden_state
+
+    handle = r.llm.model.register_forward_hook(hook, with_kwargs=True)
+    with torch.no_grad():
+        res["loss"] = r.recon_loss(batch)
+    handle.remove()
+    res["max_length"] = max_length
+    return res
+
+
+def build_official(cls, c, state_dict):
+    """``cls`` (the official Harmon or Reca's HarmonDev) at the tiny sizes ``c`` with ``state_dict`` loaded."""
     torch.manual_seed(0)
-    h = Harmon.__new__(Harmon)
+    h = cls.__new__(cls)
     nn.Module.__init__(h)
     h.vae = AutoencoderKL(embed_dim=c["vae_embed_dim"], ch_mult=tuple(c["vae_ch_mult"]))
     h.vae_scale = c["vae_scale"]
@@ -152,8 +241,16 @@ def main(inp, out):
                 diffloss_w=c["diffloss_w"], num_sampling_steps="100", diffusion_batch_mul=4)
     h.proj_in = build_mlp(c["mar_dim"], c["llm_hidden"], c["llm_hidden"])
     h.proj_out = build_mlp(c["llm_hidden"], c["llm_hidden"], c["mar_dim"])
+    info = h.load_state_dict(state_dict, strict=False)
+    assert not info.missing_keys and not info.unexpected_keys, info
+    return h.eval()
+
+
+def main(inp, out):
+    data = torch.load(inp, weights_only=False)
+    c = data["config"]
+    h = build_official(Harmon, c, data["state_dict"])
     info = h.load_state_dict(data["state_dict"], strict=False)
-    h.eval()
     res = {"missing": list(info.missing_keys), "unexpected": list(info.unexpected_keys)}
     with torch.no_grad():
         x = data["pixels"] * 2 - 1
@@ -173,6 +270,9 @@ def main(inp, out):
         res["diffloss_net"] = h.mar.diffloss.net(data["x_t"], data["t"], data["cond"])
     if data.get("reca_harmon"):
         res["recon_ids"], res["recon_max_length"] = reca_recon_ids(data["reca_harmon"], data["recon"])
+    if data.get("reca_harmon") and data.get("reca_recon"):
+        rc = data["reca_recon"]
+        res["reca_recon"] = reca_recon(data["reca_harmon"], {**c, "qwen": rc["qwen"]}, rc)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(sys.modules[Harmon.__module__].__file__))))
     res["prompts"] = official_prompt_ids(h, root, data, data.get("reca_harmon"))
     torch.save(res, out)
