@@ -191,3 +191,22 @@ def data(n, seed=0, image_size=16):
         t2i.append((img, f"a {color} square on the {side}"))
         qa.append({"image": img, "question": "what color is the square", "answer": color, "kind": "color"})
     return t2i, qa
+
+
+# ---- interrupting and comparing runs (the resume tests) -------------------------------------
+
+class Interrupt(Exception):
+    """Raised by :func:`stop_after` to kill a run between two optimizer steps."""
+
+
+def stop_after(k):
+    """A ``train(hook=...)`` that kills the run right after optimizer step ``k``."""
+    def hook(step):
+        if step == k:
+            raise Interrupt(step)
+    return hook
+
+
+def without_time(rows):
+    """Metrics rows without their wall-clock field (the only one a resumed run may change)."""
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]

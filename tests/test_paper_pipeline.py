@@ -29,6 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fake_backbone import Interrupt, stop_after, without_time
 from segros import runs
 from segros.backbones import REGISTRY, _real, build_backbone, load_backbone
 from segros.backbones import checkpoints as ckpt
@@ -47,23 +48,8 @@ N_PROMPTS, SEEDS = 6, (0,)
 RECON = ["a red circle", "two blue squares", "the green cross", "a yellow star left of a circle"]
 
 
-class Interrupt(Exception):
-    pass
-
-
-def stop_after(k):
-    def hook(step):
-        if step == k:
-            raise Interrupt(step)
-    return hook
-
-
 def never(step):
     raise AssertionError(f"trained step {step} although the run was finished")
-
-
-def without_time(rows):
-    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
 def native_size(family):

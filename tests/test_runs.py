@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fake_backbone import FakeBackbone, data as fake_data
+from fake_backbone import FakeBackbone, Interrupt, data as fake_data, stop_after, without_time
 from segros import runs
 from segros.eval.geneval import TAGS
 from segros.presets import TrainConfig, get_preset
@@ -24,21 +24,6 @@ def fake_config(**kw):
 def fake_train_data():
     t2i, qa = fake_data(48, seed=1)
     return TrainData(t2i, [(q["image"], q["question"], q["answer"]) for q in qa])
-
-
-class Interrupt(Exception):
-    pass
-
-
-def stop_after(k):
-    def hook(step):
-        if step == k:
-            raise Interrupt(step)
-    return hook
-
-
-def without_time(rows):
-    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
 @pytest.mark.parametrize("method", ["segros", "sft"])
