@@ -78,7 +78,7 @@ def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=T
     """GenEval-rule scores (six tags + overall) and QA accuracy of ``backbone``; see the module docstring."""
     from segros.train import check_backbone
 
-    check_backbone(backbone, config.replace(lam=0.0))  # only what evaluation needs
+    check_backbone(backbone, config, training=False)
     if world is None:
         from segros.data.shapes import ShapesWorld
 

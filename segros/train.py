@@ -271,17 +271,17 @@ def resolve_precision(precision):
 # -----------------------------------------------------------------------------
 # building the model
 
-def check_backbone(backbone, config: TrainConfig) -> None:
+def check_backbone(backbone, config: TrainConfig, training: bool = True) -> None:
     """Fail before any work when ``config`` asks for what ``backbone`` cannot do (not hours into a run).
 
     λ > 0 needs an I2T loss (OpenUni trains none: ``trains_i2t = False``); ``eval_qa > 0`` needs
     an ``answer()`` of its own (the real adapters have none: Table 2's understanding benchmarks
-    need hub models).
+    need hub models). ``training=False`` checks only what evaluation needs.
     """
     from segros.backbones.base import Backbone
 
     name = getattr(backbone, "family", type(backbone).__name__)
-    if config.lam > 0 and config.i2t_micro > 0 and not getattr(backbone, "trains_i2t", True):
+    if training and config.lam > 0 and config.i2t_micro > 0 and not getattr(backbone, "trains_i2t", True):
         raise ValueError(f"{name} trains no I2T loss (Table 7: λ = 0); set lam=0 (got lam={config.lam})")
     if config.eval_qa > 0 and getattr(type(backbone), "answer", Backbone.answer) is Backbone.answer:
         raise ValueError(f"{name} has no answer() for the QA evaluation; set eval_qa=0 (got {config.eval_qa})")
