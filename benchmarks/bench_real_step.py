@@ -28,7 +28,8 @@ after ``--warmup``), the update time, the optimizer step ``accum × micro + upda
 (CUDA only), tokens/s (LLM sequence tokens of a micro-step through forward + backward per second,
 counted by a hook on the LLM decoder), model FLOPs per optimizer step (counted on the meta device,
 below, or read from ``--flops-from``) and MFU against ``--peak-tflops`` (default 989 dense bf16
-TFLOP/s on H100/H200). The micro-batch is halved on out-of-memory. ``--dtype autocast`` (default)
+TFLOP/s on H100/H200). The micro-batch is halved on out-of-memory (and ``--batch`` sets it), with
+``accum`` raised to keep the preset's samples per optimizer step (rounded up if it does not divide). ``--dtype autocast`` (default)
 is train.py's precision: fp32 weights under bf16 autocast on a GPU (fp32 on a CPU); ``bfloat16`` =
 pure bf16 weights (OpenUni's adapter needs autocast for its fp32 pixels). Activation checkpointing
 is on by default (``--no-grad-ckpt``; train.py does not enable it): the LLM of Harmon and Show-o,
@@ -81,10 +82,11 @@ from torch.utils.weak import WeakIdKeyDictionary
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segros.presets import get_preset  # noqa: E402
-from segros.train import freeze, make_optimizer, t2i_step  # noqa: E402
+from segros.train import freeze, make_optimizer, micro_schedule, t2i_step, to_device  # noqa: E402
 
 aten = torch.ops.aten
 METHODS = ("segros", "reca", "sft")
+SHADOW_LIMIT = 1 << 20  # MetaShadow: largest tracked tensor (elements)
 
 
 class Family(NamedTuple):
@@ -144,7 +146,23 @@ def config_for(fam: Family, method: str, batch: int = 0):
     return config.replace(method=method, batch_size=batch or fam.batch or config.batch_size)
 
 
-def build(fam: Family, device="cpu", dtype=torch.float32, attn: str | None = None):
+def accum_for(fam: Family, b: int) -> tuple[int, bool]:
+    """(gradient accumulation at micro-batch ``b`` that keeps the preset's samples per optimizer step,
+    whether that is exact): ``ceil(batch_size * grad_accum / b)``."""
+    preset = config_for(fam, "segros")
+    samples = preset.batch_size * preset.grad_accum
+    return -(-samples // b), samples % b == 0
+
+
+def step_config(fam: Family, method: str, b: int):
+    """:func:`config_for` at micro-batch ``b`` with the accumulation of :func:`accum_for` (the I2T
+    micro-batches follow, where the preset has them)."""
+    preset = config_for(fam, method)
+    accum, _ = accum_for(fam, b)
+    return preset.replace(batch_size=b, grad_accum=accum, i2t_micro=accum if preset.i2t_micro else 0)
+
+
+def build(fam: Family, device="cpu", dtype=torch.float32):
     """A random-weight model of ``fam`` on ``device`` (e.g. "meta"), the preset's frozen modules frozen.
 
     The tokenizer is the family's tiny word-level one (ids only matter through their count).
@@ -152,9 +170,7 @@ def build(fam: Family, device="cpu", dtype=torch.float32, attn: str | None = Non
     make = _builder(fam.family)
     with torch.device("meta"):
         tok = make("tiny").tokenizer
-    kwargs = {}
-    if fam.size != "tiny":
-        kwargs["attn_implementation"] = attn or "sdpa"
+    kwargs = {} if fam.size == "tiny" else {"attn_implementation": "sdpa"}
     with torch.device(device):
         model = make(fam.size, tokenizer=tok, **kwargs)
     model = model.to(dtype)
@@ -180,23 +196,21 @@ def _words(n: int) -> str:
     return " ".join(CAPTION_WORDS[i % len(CAPTION_WORDS)] for i in range(n))
 
 
-def make_batches(model, config, b: int, args, gen):
-    """(T2I batch, I2T batch or None) on CPU, in the family's own layout, random pixels."""
+def make_batches(model, config, args, gen):
+    """(T2I batch, I2T batch or None) of ``config.batch_size`` samples on CPU, in the family's own
+    layout, random pixels."""
     import numpy as np
 
+    b = config.batch_size
     size = image_size(model)
     t2i = model.tokenize_prompts([_words(args.text_len)] * b)
     t2i["pixels"] = torch.rand(b, 3, size, size, generator=gen)
     i2t = None
-    if config.lam > 0 and config.i2t_micro > 0:
+    if "i2t" in micro_schedule(config):
         tiny_images = [np.zeros((16, 16, 3), np.uint8)] * b
         i2t = model.i2t_batch(tiny_images, [_words(args.question_len)] * b, [_words(args.answer_len)] * b)
         i2t["pixels"] = torch.rand(b, 3, size, size, generator=gen)
     return t2i, i2t
-
-
-def to_device(batch, device):
-    return None if batch is None else {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 class SeqLens:
@@ -266,7 +280,7 @@ class MetaShadow(TorchDispatchMode):
     Every op runs on meta (shapes only). A meta tensor is *tracked* when it has a shadow: tensors
     moved from CPU (ids, masks, γ), made by factories (``zeros``, ``arange``, ``rand`` with the
     step's generator) and everything computed from tracked tensors, as long as the outputs are
-    small (≤ ``limit`` elements in all; the op then also runs on the shadows, on CPU). Tensors
+    small (≤ ``SHADOW_LIMIT`` elements in all; the op then also runs on the shadows, on CPU). Tensors
     computed only from meta weights stay untracked (no CPU work: activations are never computed).
     An untracked small tensor gets a random shadow (:func:`_fill`) only where it is needed: where
     it meets tracked data (e.g. the grounding map meets the noise ξ of Eq. 12, then the ranking
@@ -276,11 +290,9 @@ class MetaShadow(TorchDispatchMode):
     shadow work.
     """
 
-    def __init__(self, limit: int = 1 << 20):
+    def __init__(self):
         super().__init__()
-        self.limit = limit
         self.shadows = WeakIdKeyDictionary()
-        self.invented = 0
         self._factories = None
 
     def __enter__(self):
@@ -289,34 +301,31 @@ class MetaShadow(TorchDispatchMode):
         # tensors on CPU and move them, so that the move records the shadow
         self._factories = (torch.tensor, torch.as_tensor)
 
-        def wrap(fn, device_pos):
+        # (device by keyword: torch.tensor's is keyword-only, and no caller passes as_tensor's positionally)
+        def wrap(fn):
             def factory(data, *args, **kwargs):
-                device = kwargs.get("device", args[device_pos - 1] if len(args) >= device_pos else None)
+                device = kwargs.get("device")
                 if (not isinstance(data, torch.Tensor) and device is not None and torch.device(device).type == "meta"
                         and not kwargs.get("requires_grad", False)):
-                    if "device" in kwargs:
-                        kwargs["device"] = "cpu"
-                    else:
-                        args = (*args[:device_pos - 1], "cpu", *args[device_pos:])
+                    kwargs["device"] = "cpu"
                     return fn(data, *args, **kwargs).to("meta")
                 return fn(data, *args, **kwargs)
             return factory
-        torch.tensor, torch.as_tensor = wrap(torch.tensor, 99), wrap(torch.as_tensor, 2)
+        torch.tensor, torch.as_tensor = wrap(torch.tensor), wrap(torch.as_tensor)
         return super().__enter__()
 
     def __exit__(self, *exc):
         torch.tensor, torch.as_tensor = self._factories
         return super().__exit__(*exc)
 
-    def shadow(self, t, invent=True):
-        """The shadow of ``t`` (``t`` itself off meta); a random one for a small untracked tensor if ``invent``."""
+    def shadow(self, t):
+        """The shadow of ``t`` (``t`` itself off meta); a random one for a small untracked tensor."""
         if not _is_meta(t):
             return t
         s = self.shadows.get(t)
-        if s is None and invent and t.numel() <= self.limit:
+        if s is None and t.numel() <= SHADOW_LIMIT:
             s = _fill(t)
             self.shadows[t] = s
-            self.invented += 1
         return s
 
     def _shadow_args(self, args, kwargs):
@@ -392,7 +401,7 @@ class MetaShadow(TorchDispatchMode):
             return
         inputs = [x for x in pytree.tree_leaves((args, kwargs)) if _is_meta(x)]
         tracked = not inputs or any(x in self.shadows for x in inputs)  # factories are tracked
-        small = sum(o.numel() for o in outs) <= self.limit and all(m.numel() <= self.limit for m in mutated)
+        small = sum(o.numel() for o in outs) <= SHADOW_LIMIT and all(m.numel() <= SHADOW_LIMIT for m in mutated)
         sargs = self._shadow_args(args, kwargs)[0] if tracked and small else None
         if sargs is None:
             for m in mutated:  # its shadow (if any) is stale now
@@ -447,7 +456,7 @@ def count_micro(model, config, t2i, i2t, seed):
     shadow = MetaShadow() if meta else contextlib.nullcontext()
     with shadow, flop_counter() as fc, SeqLens(model) as seq:
         if meta:
-            t2i, i2t = to_device(t2i, "meta"), to_device(i2t, "meta")
+            t2i, i2t = to_device(t2i, "meta"), None if i2t is None else to_device(i2t, "meta")
         micro_step(model, config, t2i, i2t, gen)
     model.zero_grad(set_to_none=True)
     return float(fc.get_total_flops()), seq.calls
@@ -459,17 +468,18 @@ def flops_table(fam: Family, args, methods=METHODS, batch: int = 0):
     model = build(fam, "meta", torch.float32)  # FLOPs do not depend on the dtype
     out = {}
     for method in methods:
-        config = config_for(fam, method, batch)
+        config = step_config(fam, method, batch or config_for(fam, method).batch_size)
         flops, calls = [], []
         for d in range(args.flop_draws):
             gen = torch.Generator().manual_seed(args.seed + d)
-            t2i, i2t = make_batches(model, config, config.batch_size, args, gen)
+            t2i, i2t = make_batches(model, config, args, gen)
             f, c = count_micro(model, config, t2i, i2t, args.seed + d)
             flops.append(f)
             calls.append(c)
         mean_calls = [(c[0], sum(draw[i][1] for draw in calls) / len(calls)) for i, c in enumerate(calls[0])]
         out[method] = dict(flops=sum(flops) / len(flops), flops_per_draw=flops, calls=mean_calls,
-                           batch=config.batch_size, accum=config.grad_accum)
+                           batch=config.batch_size, accum=config.grad_accum,
+                           accum_ceil=not accum_for(fam, config.batch_size)[1])
     return out
 
 
@@ -547,21 +557,22 @@ def enable_checkpointing(model):
 
 
 def bench_family(name, fam: Family, args):
-    """Time one family; halve the micro-batch on OOM. Returns (row, model, batches, autocast)."""
+    """Time one family; halve the micro-batch on OOM, raising the accumulation so that an optimizer
+    step keeps the preset's samples (:func:`accum_for`). Returns (row, model, batches, autocast)."""
     device = args.device
     dtype, autocast = precision(args)
     model = build(fam, device, dtype)
     if args.grad_ckpt:
         enable_checkpointing(model)
-    config = config_for(fam, "segros", args.batch)
+    b = args.batch or config_for(fam, "segros").batch_size
+    config = step_config(fam, "segros", b)
     opt = make_optimizer(model, config)
-    b = config.batch_size
-    while b >= 1:
+    while True:
         try:
-            config = config_for(fam, "segros", b)
+            config = step_config(fam, "segros", b)
             gen = torch.Generator().manual_seed(args.seed)
-            t2i, i2t = make_batches(model, config, b, args, gen)
-            t2i, i2t = to_device(t2i, device), to_device(i2t, device)
+            t2i, i2t = make_batches(model, config, args, gen)
+            t2i, i2t = to_device(t2i, device), None if i2t is None else to_device(i2t, device)
             with SeqLens(model) as seq:
                 micro_step(model, config, t2i, i2t, torch.Generator().manual_seed(args.seed), autocast)
             update(model, opt, config)  # allocates the optimizer state
@@ -570,31 +581,35 @@ def bench_family(name, fam: Family, args):
             micro = time_micro(model, config, t2i, i2t, args.steps, args.warmup, device, args.seed, autocast)
             upd = time_update(model, opt, config, device)
             mem = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.device(device).type == "cuda" else float("nan")
-            flops = float("nan")
-            if args.flops:
-                flops = known_flops(args, name, b)
-                if flops is None:
-                    flops = flops_table(fam, args, ("segros",), b)["segros"]["flops"]
-            step = config.grad_accum * micro + upd
-            peak = peak_tflops(device, args.peak_tflops)
-            mfu = config.grad_accum * flops / step / (peak * 1e12) if peak and math.isfinite(flops) else float("nan")
-            row = dict(family=name, batch=b, accum=config.grad_accum, micro_s=micro, update_s=upd, step_s=step,
-                       peak_gib=mem, tokens_per_s=seq.tokens / micro, llm_seq=[s for _, s in seq.calls],
-                       tflop_per_micro=flops / 1e12, tflop_per_step=config.grad_accum * flops / 1e12, mfu=mfu)
-            return row, model, (t2i, i2t), autocast
+            break
         except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
+            if b == 1:
+                raise RuntimeError(f"{name}: even micro-batch 1 does not fit") from None
             b //= 2
-    raise RuntimeError(f"{name}: even micro-batch 1 does not fit")
+    accum, exact = accum_for(fam, b)
+    flops = float("nan")
+    if args.flops:
+        flops = known_flops(args, name, b)
+        if flops is None:
+            flops = flops_table(fam, args, ("segros",), b)["segros"]["flops"]
+    step = accum * micro + upd
+    peak = peak_tflops(device, args.peak_tflops)
+    mfu = accum * flops / step / (peak * 1e12) if peak and math.isfinite(flops) else float("nan")
+    row = dict(family=name, batch=b, accum=accum, accum_ceil=not exact, micro_s=micro, update_s=upd, step_s=step,
+               peak_gib=mem, tokens_per_s=seq.tokens / micro, llm_seq=[s for _, s in seq.calls],
+               tflop_per_micro=flops / 1e12, tflop_per_step=accum * flops / 1e12, mfu=mfu)
+    return row, model, (t2i, i2t), autocast
 
 
 # -----------------------------------------------------------------------------
 # command line
 
 FLOPS_HEADER = (f"{'family':<14}{'batch':>6}{'accum':>6}  {'LLM seq T2I sft/reca/segros':<29}{'I2T':>6}"
-                f"{'TFLOP sft':>11}{'reca':>9}{'segros':>9}{'reca/sft':>10}{'segros/sft':>11}{'TFLOP/step':>12}")
+                f"{'TFLOP sft':>11}{'reca':>9}{'segros':>9}{'reca/sft':>10}{'segros/sft':>11}{'segros/reca':>12}"
+                f"{'TFLOP/step':>12}")
 
 
 def flops_line(r):
@@ -604,7 +619,7 @@ def flops_line(r):
     tf = {k: m[k]["flops"] / 1e12 for k in METHODS}
     return (f"{r['family']:<14}{r['batch']:>6}{r['accum']:>6}  {seq:<29}{i2t:>6}{tf['sft']:>11.3f}{tf['reca']:>9.3f}"
             f"{tf['segros']:>9.3f}{tf['reca'] / tf['sft']:>10.3f}{tf['segros'] / tf['sft']:>11.3f}"
-            f"{tf['segros'] * r['accum']:>12.2f}")
+            f"{tf['segros'] / tf['reca']:>12.3f}{tf['segros'] * r['accum']:>12.2f}")
 
 
 def main(argv=None):
@@ -655,15 +670,23 @@ def main(argv=None):
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device here: time on a GPU, or use --flops-only (real shapes) or --device cpu --tiny")
     ratio_family = args.ratio_family or ("harmon-tiny" if args.tiny else "harmon-1.5b")
-    if ratio_family not in (TINY if args.tiny else FAMILIES):
-        p.error(f"unknown ratio family {ratio_family!r}; choose from {', '.join(TINY if args.tiny else FAMILIES)}")
+    try:
+        resolve(ratio_family, args.tiny)
+    except ValueError as e:
+        p.error(f"--ratio-family: {e}")
+    if ratio_family not in families:
+        if args.ratio_family:
+            p.error(f"--ratio-family {ratio_family} is not among the timed families ({', '.join(families)}); "
+                    f"add it to --families")
+        print(f"no step-time ratios: the default ratio family {ratio_family} is not timed (--ratio-family)")
+        ratio_family = None
     rows, ratios = [], {}
     for name, fam in families.items():
         row, model, (t2i, i2t), autocast = bench_family(name, fam, args)
         rows.append(row)
         if name == ratio_family:
             for method in METHODS:
-                config = config_for(fam, method, row["batch"])
+                config = step_config(fam, method, row["batch"])
                 ratios[method] = time_micro(model, config, t2i, i2t, args.steps, args.warmup, args.device,
                                             args.seed, autocast)
             model.zero_grad(set_to_none=True)
@@ -676,7 +699,9 @@ def main(argv=None):
           f"{'TFLOP/step':>12}{'MFU':>7}")
     for r in rows:
         print(f"{r['family']:<14}{r['batch']:>6}{r['accum']:>6}{r['micro_s']:>9.3f}{r['step_s']:>9.3f}"
-              f"{r['peak_gib']:>10.2f}{r['tokens_per_s']:>11.0f}{r['tflop_per_step']:>12.3f}{r['mfu']:>7.3f}")
+              f"{r['peak_gib']:>10.2f}{r['tokens_per_s']:>11.0f}{r['tflop_per_step']:>12.3f}{r['mfu']:>7.3f}"
+              + ("  (accum rounded up: batch does not divide the preset's samples per step)"
+                 if r["accum_ceil"] else ""))
     if ratios:
         base = ratios["sft"]
         print(f"micro-step time on {ratio_family}: "
