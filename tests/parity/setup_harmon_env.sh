@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}
 "$ENV/bin/pip" install -q --upgrade pip
 "$ENV/bin/pip" install -q "torch==2.13.0" "numpy<3"
 "$ENV/bin/pip" install -q "transformers==4.45.2" "einops" "safetensors" "pyyaml" "scipy" "pillow"
-"$ENV/bin/pip" install -q --no-deps "timm==0.9.12" "torchvision"
+"$ENV/bin/pip" install -q --no-deps "timm==0.9.12" "torchvision==0.29.1"
 "$ENV/bin/python" - <<'PY'
 from importlib.metadata import version
 import torch, transformers  # timm is not imported: it needs the driver's torchvision stubs

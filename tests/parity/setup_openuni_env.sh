@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 "$ENV/bin/pip" install -q "torch==2.13.0" "numpy<2"
 "$ENV/bin/pip" install -q "transformers==4.45.2" "tokenizers==0.20.3" "huggingface-hub==0.27.1" \
     "diffusers==0.33.1" "einops==0.8.0" "safetensors==0.4.5" "sentencepiece" "pyyaml" "pillow" "packaging"
-"$ENV/bin/pip" install -q --no-deps "timm==0.9.12" "torchvision"
+"$ENV/bin/pip" install -q --no-deps "timm==0.9.12" "torchvision==0.29.1"
 "$ENV/bin/python" - <<'PY'
 import sys, types
 for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):

@@ -33,6 +33,7 @@ from segros.backbones.openuni import (OpenUni, OpenUniConfig, SIZES, internvl_hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import openuni_tokenizer  # noqa: E402
+from driver_common import reca_repo  # noqa: E402
 
 TOL = 1e-5
 PROMPTS = ["a red circle", "a dog on the left and a cat on the right."]
@@ -107,7 +108,7 @@ def test_openuni_parity(tmp_path, report_diffs, official):
                   u=u, noise=noise, x_t=x_t, timestep=timestep, cond=cond,
                   generate=dict(input_ids=gen["input_ids"], attention_mask=gen["attention_mask"], cfg=scale,
                                 num_steps=steps, seed=gseed, size=cfg.image_size))
-    reca = os.environ.get("SEGROS_PARITY_RECA_REPO") or os.environ.get("SEGROS_PARITY_SHOWO_RECA_REPO")
+    reca = reca_repo()
     inputs.update(recon_instruction=RECON_INSTRUCTION, reca_openuni=os.path.join(reca, "OpenUni") if reca else None)
     torch.save(inputs, tmp_path / "in.pt")
     run(tmp_path / "in.pt", tmp_path / "out.pt")
@@ -141,7 +142,7 @@ def test_openuni_parity(tmp_path, report_diffs, official):
         r = ref[key]
         assert value.shape == r.shape, (key, value.shape, r.shape)
         report_diffs[key] = float((value.float() - r.float()).abs().max())
-    if ref.get("recon_ids") is not None:  # Reca's reconstruction prompt, as the LLM sees it
+    if reca:  # Reca's reconstruction prompt, as the LLM sees it
         recon_file = tmp_path / "recon.txt"
         recon_file.write_text(RECON_INSTRUCTION + "\n")
         ours_recon = OpenUni(replace(cfg, recon_prompts=str(recon_file)), model.tokenizer, model.lmm).eval()
