@@ -16,22 +16,9 @@ Rules (row = query, column = key; "allowed" means the query may attend to the ke
   hint, every real text token and every image token, before or after.
 * anything else (hint -> text, hint -> image, text -> image): blocked.
 
-Conventions the paper leaves open (written down here):
-
-* Padding only exists inside the text block; hints (H = ⌊ηN⌋, fixed per batch) and image tokens
-  (N, fixed per batch) are never padded.
-* A padding *key* is blocked for every query.
-* A padding *query* row would be all-blocked, which turns softmax into NaN (eager) or garbage
-  (SDPA). Padding query rows therefore attend to themselves only (the diagonal). Their outputs
-  are meaningless and must be ignored by the loss, but they are finite and they never leak into
-  real tokens (no real query can see a padding key).
-* "Causal" uses the slot index in the padded sequence, so any padding pattern (left, right, in
-  the middle) gives each real text token exactly the real text tokens at or before it.
-* Position ids: :func:`forward_with_mask` uses ``arange(S)`` by default, i.e. the slot index. With
-  right padding the image block starts at the same position for every sample (as in Show-o,
-  whose text is padded to 128 slots before the image block). Real outputs never depend on
-  padding *content*; they do depend on the *amount* of padding through those positions, exactly
-  as in the original models. Pass ``position_ids`` to change this.
+Padding (only inside the text block; a padding key is blocked, a padding query sees itself), the
+slot-index causality and the default position ids are conventions of ours:
+``docs/conventions.md``, "The attention mask".
 
 How to feed the mask to a transformers 5.x model (read from ``transformers/masking_utils.py``,
 ``_preprocess_mask_arguments``): a 4-D ``attention_mask`` tensor (or a ``BlockMask``) is returned

@@ -2,25 +2,9 @@
 
 Shapes: B batch, L text length (padded), N visual tokens, D the shared width.
 
-Conventions the equations leave open (they hold for every function below):
-
-- ``text_valid`` [B, L] marks the tokens grounding may use: real tokens that are not special
-  tokens ([BOS], [EOS], chat-template tokens, §3.2.1 "we exclude special tokens"). Padding and
-  special tokens may sit anywhere (left padding, right padding, a special token in the middle).
-  Invalid tokens take part in no softmax and no sum, and ``s_intra`` / ``s_inter`` / ``w`` are
-  0 / 0 / False there. L_T (Eqs. 3–9) is the number of valid tokens of that sample.
-- Inputs are ℓ2-normalised inside (§3.2.1: Ẑ_T, Ẑ_I); an all-zero embedding stays all zero.
-- bf16 / fp16 inputs are computed in fp32; fp32 stays fp32 and fp64 stays fp64.
-- Min–max normalisation (Eq. 7's s̃ and Eq. 11's m̄) runs per sample over the valid entries; a
-  constant vector (max = min) normalises to zeros, never NaN.
-- K_T = ⌊ρ·L_T⌋ (Eq. 8) but at least 1 when L_T ≥ 1; the floor tolerates float rounding
-  (:func:`floor_count`). Ties in TopK are broken by position: the lower index wins.
-- A sample with no valid text token does not raise (a training loop should not crash on one
-  empty caption): its ``s_intra`` and ``s_inter`` are 0, ``w`` is all False, and its grounding
-  map ``m_bar`` is all zeros (every visual token ties; the downstream Top/Bottom selection then
-  falls back to the noise of Eq. 12, and to raster order without noise).
-- NaN / inf in a valid text embedding or in any visual embedding raises ``ValueError`` naming the
-  sample. Padded / special text positions may hold anything (they are never read).
+Every function below follows the conventions the equations leave open (which tokens ground,
+normalisation and dtypes, min–max of a constant, K_T and its floor, ties, empty captions, bad
+values): ``docs/conventions.md``, "Grounding".
 """
 
 from __future__ import annotations
@@ -30,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from segros.presets import TEXT_FILTERS
+
 
 class Grounding(NamedTuple):
     w: torch.Tensor        # [B, L] bool, Eq. 9
@@ -37,8 +23,6 @@ class Grounding(NamedTuple):
     s_intra: torch.Tensor  # [B, L] float, Eq. 4 (0 on invalid tokens)
     s_inter: torch.Tensor  # [B, L] float, Eq. 6 (0 on invalid tokens)
 
-
-TEXT_FILTERS = ("both", "intra", "inter", "none")  # the four rows of Table 4
 
 # relative tolerance of every ⌊ratio·n⌋ in this package: 0.29·100 and float32(0.7)·10 must
 # floor to 29 and 7, not 28 and 6.

@@ -4,15 +4,10 @@ SeGroS changes *which* tokens are supervised, never the objective itself (§11: 
 replace Harmon's native denoising loss"). Every T2I loss here therefore takes the per-token
 ``loss_weight`` [B, N] of :class:`segros.supervision.Supervision` (> 0 only on the masked set M).
 
-Normalisation (a convention the paper leaves open). Eq. 15 and Eq. 17 write a *sum* over
-i ∈ M. Show-o and MAR/Harmon average over the masked tokens instead, and so do we::
-
-    loss = Σ_{b,i} w_{b,i} ℓ_{b,i} / Σ_{b,i} w_{b,i}        (over the whole batch)
-
-With 0/1 weights this is the mean over masked tokens of the batch; it keeps the learning rate's
-meaning stable when the masking ratio γ changes. A batch whose total weight is 0 gives a loss of
-exactly 0 that still carries a graph (backward gives zero gradients, never NaN). Weights must be
-finite and ≥ 0. Losses are computed in float32 whatever the input dtype.
+Normalisation, a convention the paper leaves open (``docs/conventions.md``, "Objectives"): Eqs. 15
+and 17 write a *sum* over i ∈ M; like Show-o and MAR/Harmon we take the weighted mean over the
+batch, Σ_{b,i} w_{b,i} ℓ_{b,i} / Σ_{b,i} w_{b,i}. A batch whose total weight is 0 gives exactly 0
+with a graph (:func:`zero_loss`). Weights must be finite and ≥ 0; losses are float32.
 """
 
 from __future__ import annotations
@@ -24,7 +19,16 @@ import torch
 import torch.nn.functional as F
 
 
-# ---- checks ----------------------------------------------------------------------------------
+# ---- checks and the empty loss ------------------------------------------------------------------
+
+def zero_loss(*anchors: torch.Tensor) -> torch.Tensor:
+    """A float32 scalar 0 that keeps the graph of every ``anchor`` (backward gives zero gradients,
+    never NaN): the loss of a batch with nothing to supervise."""
+    out = anchors[0].sum().float() * 0.0
+    for anchor in anchors[1:]:
+        out = out + anchor.sum().float() * 0.0
+    return out
+
 
 def _check_weight(loss_weight: torch.Tensor, shape, name: str = "loss_weight") -> None:
     if not isinstance(loss_weight, torch.Tensor) or not loss_weight.dtype.is_floating_point:
@@ -42,7 +46,7 @@ def _weighted_mean(per_token: torch.Tensor, weight: torch.Tensor, anchor: torch.
     """Σ w ℓ / Σ w; 0 with a graph (through ``anchor``) when Σ w = 0."""
     total = weight.sum()
     if per_token.numel() == 0 or float(total) == 0.0:
-        return anchor.sum().float() * 0.0
+        return zero_loss(anchor)
     return (per_token * weight).sum() / total
 
 
@@ -194,7 +198,7 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
     _check_weight(loss_weight, z0.shape[:2])
     sel = loss_weight > 0
     if not bool(sel.any()):
-        return cond.sum().float() * 0.0 + z0.sum().float() * 0.0
+        return zero_loss(cond, z0)
     x0 = z0[sel].repeat(num_samples, 1)          # [M*S, C], copy s of token j at row s*M + j
     c = cond[sel].repeat(num_samples, 1)
     w = loss_weight[sel].float().repeat(num_samples)
@@ -214,7 +218,7 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
 def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Generator | None = None,
                       loss_weight: torch.Tensor | None = None,
                       num_train_timesteps: int | None = None) -> torch.Tensor:
-    """Rectified-flow velocity MSE (OpenUni's SANA objective; REFERENCES.md).
+    """Rectified-flow velocity MSE (OpenUni's SANA objective; ``docs/adapters/openuni.md``).
 
     Convention: one t ~ U(0, 1) per sample (float32 [B]), x_t = (1 − t) x0 + t ε with ε ~ N(0, I)
     (t = 0 clean, t = 1 noise), target v = ε − x0, loss = mean of (v̂ − v)². ``predictor(x_t, t,
@@ -249,7 +253,7 @@ def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Genera
     per_elem = err.flatten(loss_weight.ndim).mean(dim=-1) if err.ndim > loss_weight.ndim else err
     w = loss_weight.float()
     if float(w.sum()) == 0.0:
-        return v_hat.sum().float() * 0.0
+        return zero_loss(v_hat)
     return (per_elem * w).sum() / w.sum()
 
 
@@ -275,7 +279,7 @@ def i2t_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
         b, k = sel.nonzero()[bad.nonzero()[0, 0]].tolist()
         raise ValueError(f"labels[{b}, {k + 1}] = {labels[b, k + 1].item()} is outside [0, {logits.shape[-1]})")
     if t.numel() == 0:
-        return logits.sum().float() * 0.0
+        return zero_loss(logits)
     return F.cross_entropy(pred[sel].float(), t, reduction="mean")
 
 

@@ -90,6 +90,9 @@ TABLE1_COLUMNS = ("Single", "Two", "Count", "Color", "Position", "Attr.",
 
 TABLE1_BACKBONES = ("Show-o-256", "Show-o-512", "OpenUni-1.6B", "OpenUni-3.6B",
                     "Harmon-0.5B", "Harmon-1.5B")
+# Table 7's column keys (HYPERPARAMS, the paper presets) -> the backbone names of Table 1's rows
+TABLE1_BACKBONE_OF = {"showo-256": "Show-o-256", "showo-512": "Show-o-512", "openuni-1.6b": "OpenUni-1.6B",
+                      "openuni-3.6b": "OpenUni-3.6B", "harmon-0.5b": "Harmon-0.5B", "harmon-1.5b": "Harmon-1.5B"}
 
 TABLE1_DATASET = {
     "Show-o-256": "MidjourneyV6",
@@ -418,7 +421,7 @@ class PaperHyperparams:
     frozen_modules: str | None
 
 
-# Noted against REFERENCES.md (Reca's public configs), not changed here: Table 7 prints weight
+# Noted against Reca's public configs (wishhyt/reconstruction-alignment), not changed here: Table 7 prints weight
 # decay 0.01 for every backbone, where Reca's Harmon uses 0.02 and OpenUni 0.05; OpenUni's
 # accumulation is 16 here and 4 in Reca; Harmon-0.5B trains 3K steps here and 5000 in Reca,
 # although §8.1 says baseline hyper-parameters are kept identical to Reca's.

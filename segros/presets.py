@@ -14,31 +14,34 @@ flow-matching family trained on the shapes world yet)
 ``paper-*``        the six Table 7 columns. They need the real adapters (``showo-256`` ...,
                    registered in :mod:`segros.backbones` with a local checkpoint) and a GPU.
 
-Conventions Table 7 leaves open, fixed here:
-- "Gradient Accumulation" counts the *reconstruction* micro-batches of one optimizer step; the I2T
-  micro-batches (``i2t_micro``) are added on top in whole single-source micro-batches, as Reca
-  alternates 2 reconstruction + 2 LLaVA micro-batches (REFERENCES.md). Show-o and Harmon use one
-  I2T micro-batch per reconstruction micro-batch; OpenUni none (λ = 0, Reca trains no I2T there).
-- Frozen modules are parameter-name prefixes of the backbone ("clip" for Show-o's CLIP, "lmm"
-  for OpenUni's InternVL, the official module name); every adapter must name its modules so that
-  these prefixes match.
-- The OpenUni η in Table 7 is 30% for both sizes; λ is 0.0 there.
+The conventions Table 7 leaves open (what "Gradient Accumulation" counts, how frozen modules are
+named, OpenUni's η and λ) are in ``docs/conventions.md``, "Training". This module also defines
+every choice constant once (:data:`METHODS`, :data:`TEXT_FILTERS`, :data:`SCHEDULES`, ...) and
+resolves the precision (:func:`resolve_precision`, :func:`autocast`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
 
-# "none" = no fine-tuning: the start checkpoint (init_from) evaluated as is, the tables' "w/o SFT" row
+import torch
+
+from segros.paper import HYPERPARAMS
+
+# Every choice a config field (or a function of the method core) accepts, defined once; the first
+# entry is the default. "none" = no fine-tuning: the start checkpoint (init_from) evaluated as is,
+# the tables' "w/o SFT" row (its one representation).
 METHODS = ("sft", "reca", "segros", "reca_hint_filter", "none")
-TEXT_FILTERS = ("both", "intra", "inter", "none")
-HINT_FROM = ("top", "bottom")
-SEEN_FROM = ("bottom", "top")
-LOSS_ON = ("masked", "top_masked")
-SCHEDULES = ("uniform", "truncnorm", "cosine")
+TEXT_FILTERS = ("both", "intra", "inter", "none")  # Table 4's rows: Ω of Eq. 7 from both affinities, one, or none
+HINT_FROM = ("top", "bottom")                      # Table 5: which end of m̃ becomes the hints
+SEEN_FROM = ("bottom", "top")                      # Table 5: which end of m̃ stays visible
+LOSS_ON = ("masked", "top_masked")                 # Table 6: every masked token, or drop-loss
+SCHEDULES = ("uniform", "truncnorm", "cosine")     # masking-ratio schedules (segros.supervision.sample_gamma)
+GAMMA_PER = ("batch", "sample")                    # one γ per batch (MAR) or per sample
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -76,8 +79,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"          # "auto": bf16 on a GPU, fp32 on a CPU
     frozen: tuple = ()               # parameter-name prefixes kept frozen (Table 7 "Frozen Modules")
-    init_from: typing.Optional[str] = None       # a base run directory, or "auto" (see segros.runs.ensure_base)
-    # pretraining of the "w/o SFT" base (small configs only; segros.train.pretrain)
+    init_from: typing.Optional[str] = None       # a base run directory, or "auto" (segros.pipeline.ensure_base)
+    # pretraining of the "w/o SFT" base (small configs only; segros.pipeline.base_config)
     align_weight: float = 1.0
     pretrain_steps: int = 1500
     pretrain_lr: float = 2e-3
@@ -198,7 +201,7 @@ def validate(c: TrainConfig):
     if c.mask_schedule is not None:
         _check_choice("mask_schedule", c.mask_schedule, SCHEDULES)
     if c.gamma_per is not None:
-        _check_choice("gamma_per", c.gamma_per, ("batch", "sample"))
+        _check_choice("gamma_per", c.gamma_per, GAMMA_PER)
     if not isinstance(c.backbone, str) or not c.backbone:
         raise ValueError(f"backbone must be a registry name; got {c.backbone!r}")
     if not isinstance(c.backbone_kwargs, dict):
@@ -235,19 +238,17 @@ def validate(c: TrainConfig):
 # -----------------------------------------------------------------------------
 # presets
 
-# small runs fine-tune the shared "w/o SFT" base of their run store (segros.runs.ensure_base)
+# small runs fine-tune the shared "w/o SFT" base of their run store (segros.pipeline.ensure_base)
 SMALL = TrainConfig(init_from="auto")
 
 # Table 7, one column each, built from segros.paper.HYPERPARAMS (the one copy of the table).
 # The learning-rate schedule (linear warm-up, cosine decay) and "no decay on 1-D parameters"
-# follow Reca/Harmon (REFERENCES.md). Frozen-module names map onto parameter-name prefixes.
+# follow Reca/Harmon (docs/conventions.md). Frozen-module names map onto parameter-name prefixes.
 FROZEN_PREFIXES = {None: (), "CLIP": ("clip",), "MLLM": ("lmm",)}  # OpenUni names its MLLM "lmm"
 
 
 def paper_overrides(key):
     """TrainConfig fields for the Table 7 column ``key`` ("showo-256", ..., "openuni-3.6b")."""
-    from segros.paper import HYPERPARAMS
-
     h = HYPERPARAMS[key]
     return dict(backbone=key, lr=h.learning_rate, weight_decay=h.weight_decay, betas=tuple(h.betas),
                 max_steps=h.train_steps, warmup_steps=h.warmup_steps, batch_size=h.batch_size,
@@ -275,3 +276,23 @@ def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+# -----------------------------------------------------------------------------
+# precision
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` is bf16 on a GPU and fp32 on a CPU; any other choice of :data:`PRECISIONS` is itself."""
+    _check_choice("precision", precision, PRECISIONS)
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return precision
+
+
+def autocast(precision: str, device_type: str):
+    """The autocast context of ``precision`` on ``device_type`` (training and evaluation share it):
+    ``torch.autocast`` in bf16 / fp16, a no-op in fp32 (the committed small results are fp32)."""
+    precision = resolve_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

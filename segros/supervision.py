@@ -2,21 +2,10 @@
 
 Shapes: B batch, N visual tokens (raster order, row-major), H = ⌊ηN⌋ hint tokens.
 
-Conventions the paper leaves open (they hold for every function below):
-
-- Counts: H = ⌊ηN⌋ (§3.4), K_mask = ⌊γN⌋ and K_seen = N − K_mask (§2, §3.4), each floored with
-  :func:`segros.grounding.floor_count` (a 1e-6 relative tolerance against float rounding).
-- Ranking: Top/Bottom selections rank the map with ties broken by position, the lower raster
-  index first (in both directions), so a constant map selects the first tokens in raster order.
-- Hints keep raster order: ``hint_idx`` is ascending whatever the scores.
-- γ ∈ [0, 1] is accepted. γ = 1 (or within the tolerance of 1) masks every token: K_seen = 0,
-  ``seen`` is all False. That is defined behaviour (Show-o's cosine schedule reaches it at r = 0;
-  the model still sees the hints, the text and, for MAR, its buffer tokens), not an error.
-  The paper's own range is γ ∈ [0.7, 1.0) (§2), which always leaves ≥ 1 visible token.
-- Randomness comes only from the ``generator`` argument (a ``torch.Generator``); with the same
-  seed every function repeats exactly. The random numbers are drawn on the generator's device.
-- Bad values raise ``ValueError`` naming the argument (and the sample for per-sample γ or a map
-  with NaN/inf).
+Every function below follows the conventions the paper leaves open (counts and their floor, ties,
+raster order of the hints, γ = 1, the schedules, resampling between grids, the drop-loss reading,
+randomness only from the ``generator`` argument; bad values raise ``ValueError`` naming the
+argument): ``docs/conventions.md``, "Hints and the corrupted input".
 """
 
 from __future__ import annotations
@@ -28,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from segros.grounding import check_ratio, floor_count, rank_descending
+from segros.presets import GAMMA_PER, HINT_FROM, LOSS_ON, SCHEDULES, SEEN_FROM
 
 
 @dataclass
@@ -156,11 +146,10 @@ def build_supervision(m_tilde, eta=0.3, gamma=None, hint_from="top", seen_from="
     check_map(m_tilde, "m_tilde")
     check_ratio(eta, "eta")
     check_ratio(loss_top, "loss_top")
-    for name, value in (("hint_from", hint_from), ("seen_from", seen_from)):
-        if value not in ("top", "bottom"):
-            raise ValueError(f"{name} must be 'top' or 'bottom', got {value!r}")
-    if loss_on not in ("masked", "top_masked"):
-        raise ValueError(f"loss_on must be 'masked' or 'top_masked', got {loss_on!r}")
+    for name, value, choices in (("hint_from", hint_from, HINT_FROM), ("seen_from", seen_from, SEEN_FROM),
+                                 ("loss_on", loss_on, LOSS_ON)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     B, N_h = m_tilde.shape
     if target_map is None:
         target_map = m_tilde
@@ -225,7 +214,6 @@ def random_supervision(B, N, gamma, eta=0.0, generator=None, hint_map=None):
 # ----------------------------------------------------------------------------------------------
 # masking-ratio schedules
 
-SCHEDULES = ("uniform", "truncnorm", "cosine")
 GAMMA_BELOW_ONE = 1.0 - 2.0 ** -53  # the largest float64 below 1
 
 
@@ -264,8 +252,8 @@ def sample_gamma(schedule="uniform", B=1, per="batch", generator=None):
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if per not in ("batch", "sample"):
-        raise ValueError(f"per must be 'batch' or 'sample', got {per!r}")
+    if per not in GAMMA_PER:
+        raise ValueError(f"per must be one of {GAMMA_PER}, got {per!r}")
     if not (isinstance(B, int) and B >= 1):
         raise ValueError(f"B must be an int >= 1, got {B}")
     n = 1 if per == "batch" else B

@@ -13,7 +13,7 @@ Conventions (none of them come from the paper; they are choices of this reproduc
 - ``Obj.box = (x1, y1, x2, y2)`` with exclusive ends; the rasteriser guarantees that the tight
   bounding box of ``Obj.mask`` equals the requested box.
 - A two-object scene always has exactly one GenEval relation between its objects (checked with
-  :func:`segros.eval.geneval.relative_position`): ``Scene.relation = (rel, i, j)`` reads
+  :func:`segros.vocab.relative_position`): ``Scene.relation = (rel, i, j)`` reads
   "object i is ``rel`` object j". Counting scenes (2–4 objects of the same shape and colour)
   are captioned with a number ("three red circles"), never with a relation; scenes with 3–4
   objects have ``relation = None``.
@@ -33,23 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segros.eval.geneval import RELATIONS, TAGS, relative_position
+from segros.vocab import COLORS, INVERSE, NUMBERS, RELATIONS, SHAPES, TAGS, relative_position, shape_mask  # noqa: F401
 
-COLORS = {
-    "red": (220, 30, 30),
-    "orange": (250, 140, 20),
-    "yellow": (245, 225, 30),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 230),
-    "purple": (140, 50, 190),
-    "pink": (250, 140, 200),
-    "brown": (125, 75, 35),
-    "black": (20, 20, 20),
-    "white": (245, 245, 245),
-}
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-NUMBERS = ("zero", "one", "two", "three", "four")
-INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 GENEVAL_PROPORTIONS = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100, "color_attr": 100}
 SPLITS = {"pretrain": 1, "finetune": 2, "eval": 3}
 
@@ -117,55 +102,7 @@ class Scene:
 
 
 # -----------------------------------------------------------------------------
-# rasterising shapes
-
-def _polygon(shape):
-    """Vertices of a polygonal shape in [-1, 1]^2, y down, filling the square exactly."""
-    if shape == "square":
-        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)
-    if shape == "diamond":
-        return np.array([[0, -1], [1, 0], [0, 1], [-1, 0]], dtype=np.float64)
-    if shape == "triangle":
-        return np.array([[0, -1], [1, 1], [-1, 1]], dtype=np.float64)
-    if shape == "cross":
-        a = 0.34
-        return np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a]], dtype=np.float64)
-    if shape == "star":
-        angles = np.pi / 2 + np.arange(10) * np.pi / 5  # tip at the top
-        radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-        pts = np.stack([radii * np.cos(angles), -radii * np.sin(angles)], axis=1)
-        lo, hi = pts.min(0), pts.max(0)
-        return 2 * (pts - lo) / (hi - lo) - 1  # stretch to fill the box
-    raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-
-
-def shape_mask(shape, h, w):
-    """Bool [h, w] mask of ``shape`` filling an ``h × w`` box.
-
-    Pixel centres are mapped so that the first / last row and column sit at -1 / +1; a pixel is
-    inside if it is inside the shape or within half a pixel spacing of its outline, which makes
-    the mask's tight bounding box equal to the full box for every shape.
-    """
-    if h < 2 or w < 2:
-        raise ValueError(f"box size must be at least 2x2, got {h}x{w}")
-    v, u = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    tol = 1.0 / (min(h, w) - 1) + 1e-9
-    if shape == "circle":
-        return u ** 2 + v ** 2 <= (1 + tol) ** 2
-    poly = _polygon(shape)
-    p = np.stack([u.ravel(), v.ravel()], axis=1)[:, None, :]  # [P, 1, 2]
-    a, b = poly[None], np.roll(poly, -1, axis=0)[None]  # [1, E, 2]
-    # even-odd crossing test
-    ya, yb = a[..., 1], b[..., 1]
-    crosses = (ya > p[..., 1]) != (yb > p[..., 1])
-    x_at = a[..., 0] + (p[..., 1] - ya) * (b[..., 0] - a[..., 0]) / np.where(yb == ya, 1, yb - ya)
-    inside = (crosses & (p[..., 0] < x_at)).sum(axis=1) % 2 == 1
-    # distance to the outline
-    ab = b - a
-    t = np.clip(((p - a) * ab).sum(-1) / (ab * ab).sum(-1), 0, 1)
-    dist = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(axis=1)
-    return (inside | (dist <= tol)).reshape(h, w)
-
+# rendering (the shapes' geometry is segros.vocab.shape_mask)
 
 def background(image_size, rng):
     """Low-contrast gray texture: base gray, faint oriented stripes and pixel noise (near-neutral)."""

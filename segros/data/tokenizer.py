@@ -13,6 +13,10 @@ Conventions (written down here):
   the same texts always give the same ids.
 * ``tokenizer(text)`` returns ``[BOS] words [EOS]``; padding is on the right with [PAD].
 * ``decode`` joins words with single spaces (WordLevel has no subword merging).
+
+:func:`tiny_tokenizer` is the one vocabulary every tiny random-weight build shares (the tiny real
+adapters of the tests and the tiny families): the shapes world's words plus the words of the real
+adapters' chat prompts (:data:`ADAPTER_TEXTS`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
+from segros.data.shapes import ShapesWorld
+
 SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "[SEP]"]
+# the real adapters' prompt words: Qwen's chat template around the unconditional "Generate an image."
+# (one string, because prompts are encoded in one piece: "image." + "<|im_end|>" gives the piece ".<|"),
+# Harmon's / OpenUni's "Generate an image: " prefix, and the roles of the chat template
+ADAPTER_TEXTS = ("<|im_start|>user\nGenerate an image.<|im_end|>\n<|im_start|>assistant\n", "Generate an image: ",
+                 "user assistant")
 
 
 def _pieces(texts: Iterable[str]) -> list[str]:
@@ -67,3 +78,9 @@ def load_text_tokenizer(folder: str) -> PreTrainedTokenizerFast:
     if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
         raise ValueError(f"folder {folder!r} holds no tokenizer.json")
     return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def tiny_tokenizer(extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """The word-level tokenizer of the tiny random-weight builds: ``ShapesWorld().vocabulary()``,
+    :data:`ADAPTER_TEXTS` and ``extra_texts`` (a family's own prompt words)."""
+    return build_text_tokenizer([*ShapesWorld().vocabulary(), *ADAPTER_TEXTS, *extra_texts])

@@ -2,9 +2,9 @@
 
 The paper scores generation with GenEval (Ghosh et al., NeurIPS 2023): 553 templated prompts in
 six tags, four images per prompt, and an object detector plus fixed rules decide whether each
-image satisfies its prompt. This module re-implements the *rules* as documented in
-the project's REFERENCES.md (read from the public GenEval evaluation script), so that any detector
-producing :class:`Detection` lists can be scored the same way:
+image satisfies its prompt. This module re-implements the *rules* of GenEval's evaluation scripts
+(djghosh13/geneval ``evaluation/evaluate_images.py`` and ``evaluation/summary_scores.py``), so that
+any detector producing :class:`Detection` lists can be scored the same way:
 
 - keep detections with ``score > 0.3`` (``> 0.9`` when the tag is ``"counting"``), sorted by
   score, at most 16 per class, no NMS (GenEval's default ``max_overlap`` disables it);
@@ -37,13 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
-TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-RELATIONS = ("left of", "right of", "above", "below")
+from segros.vocab import COLORS, RELATIONS, TAGS, relative_position  # noqa: F401  (relative_position: re-exported)
+
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
-POSITION_THRESHOLD = 0.1
 
 
 @dataclass
@@ -58,38 +56,6 @@ class Detection:
 
 # -----------------------------------------------------------------------------
 # the rules
-
-def relative_position(box_a, box_b, margin=POSITION_THRESHOLD):
-    """Relations of box A with respect to box B, as a set of GenEval relation strings.
-
-    offset = centre(A) - centre(B); each axis is shrunk towards 0 by ``margin * (dim_A + dim_B)``
-    (never past 0). If both revised components are below 1e-3 there is no relation (overlapping
-    or nearly coincident objects). Otherwise the revised offset is divided by the length of the
-    *original* offset and a component below -0.5 / above 0.5 gives "left of" / "right of" on x
-    and "above" / "below" on y (image y points down). A diagonal placement can give two relations.
-    """
-    a = np.asarray(box_a, dtype=np.float64)[:4]
-    b = np.asarray(box_b, dtype=np.float64)[:4]
-    centre_a = (a[:2] + a[2:]) / 2
-    centre_b = (b[:2] + b[2:]) / 2
-    dim_a = np.abs(a[2:] - a[:2])
-    dim_b = np.abs(b[2:] - b[:2])
-    offset = centre_a - centre_b
-    revised = np.maximum(np.abs(offset) - margin * (dim_a + dim_b), 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
-
 
 def check_metadata(metadata, name="metadata"):
     """Raise ValueError if ``metadata`` is not a GenEval prompt record; messages call it ``name``."""

@@ -1,4 +1,4 @@
-"""How well a backbone's grounding map finds the objects (issue 4 item 3).
+"""How well a backbone's grounding map finds the objects (the alignment stage is measured with it).
 
 For each shapes-world scene the map m̄ of §3.3 (Eqs. 3–11, :func:`segros.grounding.ground`) is
 computed from the backbone's own input embeddings of the caption and of the image (on the
@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from segros.grounding import floor_count, ground
+from segros.presets import TEXT_FILTERS
 from segros.supervision import select_hint_idx
-
-TEXT_FILTERS = ("both", "intra", "inter", "none")
 
 
 def object_coverage(scene, grid_hw: tuple[int, int]) -> np.ndarray:

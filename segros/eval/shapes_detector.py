@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from segros.data.shapes import COLORS, SHAPES, shape_mask
 from segros.eval.geneval import Detection
+from segros.vocab import COLORS, SHAPES, shape_mask
 
 BG_L_RANGE = (42.0, 64.0)
 MAX_COLOR_DIST = 40.0
