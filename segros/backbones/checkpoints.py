@@ -3,7 +3,7 @@
 Nothing here renames keys except OpenUni's MLLM: the modules of :mod:`segros.backbones.harmon` (and
 the other families) use the official parameter names, so an official state dict loads as it is;
 OpenUni's InternVL is transformers' ``InternVLModel``, and remote-code ``lmm.*`` keys are converted
-(:func:`segros.backbones.openuni.internvl_remote_to_hf`). A mismatch raises
+(:func:`internvl_remote_to_hf`). A mismatch raises
 :class:`CheckpointMismatch` (a ``ValueError``) listing every missing key, every unexpected key
 and every shape difference, so a wrong size ("0.5b" weights into a "1.5b" model) is obvious.
 
@@ -130,12 +130,6 @@ def save_harmon(model: nn.Module, path: str, vae_path: str | None = None) -> Non
         torch.save({"model": vae}, vae_path)
 
 
-def load_full(model: nn.Module, source: str, filename: str | None = None) -> nn.Module:
-    """Load a complete state dict (every key of ``model``) from a file, folder or hub id."""
-    load_into(model, read_state_dict(resolve(source, filename)), what=str(source))
-    return model
-
-
 SHOWO_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
                "diffusion_pytorch_model.bin")
 
@@ -180,6 +174,105 @@ def save_showo(model: nn.Module, path: str, vq_path: str | None = None) -> None:
                     if k.startswith("vq_model.")}, vq_path)
 
 
+# ---- InternVL: remote-code (InternVLChatModel) <-> transformers (InternVLModel) key names ----------
+# Written from modeling_internvl_chat.py / modeling_intern_vit.py (OpenUni src/models/internvl3/) and
+# transformers' models/internvl/modeling_internvl.py. Per ViT layer suffix: (remote, hf).
+_VIT_LAYER = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."), ("ls1", "lambda_1"),
+              ("ls2", "lambda_2"), ("attn.proj.", "attention.projection_layer."),
+              ("attn.q_norm.", "attention.q_norm."), ("attn.k_norm.", "attention.k_norm."),
+              ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."))
+_FIXED = (("vision_model.embeddings.class_embedding", "vision_tower.embeddings.cls_token"),
+          ("vision_model.embeddings.position_embedding", "vision_tower.embeddings.position_embeddings"),
+          ("vision_model.embeddings.patch_embedding.", "vision_tower.embeddings.patch_embeddings.projection."),
+          ("mlp1.0.", "multi_modal_projector.layer_norm."), ("mlp1.1.", "multi_modal_projector.linear_1."),
+          ("mlp1.3.", "multi_modal_projector.linear_2."))
+_REMOTE_LM_HEAD = "language_model.lm_head.weight"
+
+
+def is_remote_internvl(keys, prefix: str = "") -> bool:
+    """True if ``keys`` (of a state dict) use the remote-code InternVLChatModel names under ``prefix``."""
+    return any(k.startswith((prefix + "vision_model.", prefix + "mlp1.")) for k in keys)
+
+
+def internvl_remote_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Rename remote-code InternVLChatModel keys (under ``prefix``) to transformers' InternVLModel.
+
+    ``vision_model.encoder.layers.<i>.attn.qkv.{weight,bias}`` [3C, ...] is split in order into
+    ``attention.{q,k,v}_proj``; ``language_model.model.*`` → ``language_model.*``; the LM head
+    (``language_model.lm_head.weight``) is dropped. Keys outside ``prefix`` and keys the map does not
+    know pass through unchanged (a loader then reports them as unexpected).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            out[key] = value
+            continue
+        k = key[len(prefix):]
+        new = None
+        if k == _REMOTE_LM_HEAD:
+            continue
+        if k.startswith("language_model.model."):
+            new = "language_model." + k[len("language_model.model."):]
+        for old, hf in _FIXED:
+            if k.startswith(old) and new is None:
+                new = hf + k[len(old):]
+        layer = "vision_model.encoder.layers."
+        if new is None and k.startswith(layer):
+            idx, rest = k[len(layer):].split(".", 1)
+            base = f"vision_tower.encoder.layer.{idx}."
+            if rest.startswith("attn.qkv."):
+                kind = rest[len("attn.qkv."):]
+                q, kk, v = value.chunk(3, dim=0)
+                for name, part in (("q_proj", q), ("k_proj", kk), ("v_proj", v)):
+                    out[f"{prefix}{base}attention.{name}.{kind}"] = part.clone()
+                continue
+            for old, hf in _VIT_LAYER:
+                if rest.startswith(old):
+                    new = base + hf + rest[len(old):]
+                    break
+        out[prefix + (new if new is not None else k)] = value
+    return out
+
+
+def internvl_hf_to_remote(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The inverse of :func:`internvl_remote_to_hf` (q/k/v fused back into ``attn.qkv``); no LM head."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    layer = "vision_tower.encoder.layer."
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            out[key] = value
+            continue
+        k = key[len(prefix):]
+        new = None
+        if k.startswith("language_model."):
+            new = "language_model.model." + k[len("language_model."):]
+        for old, hf in _FIXED:
+            if new is None and k.startswith(hf):
+                new = old + k[len(hf):]
+        if new is None and k.startswith(layer):
+            idx, rest = k[len(layer):].split(".", 1)
+            base = f"vision_model.encoder.layers.{idx}."
+            for name in ("q_proj", "k_proj", "v_proj"):
+                if rest.startswith(f"attention.{name}."):
+                    kind = rest[len(f"attention.{name}."):]
+                    fused.setdefault((base, kind), {})[name] = value
+                    break
+            else:
+                for old, hf in _VIT_LAYER:
+                    if rest.startswith(hf):
+                        new = base + old + rest[len(hf):]
+                        break
+            if new is None and rest.startswith("attention.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                continue
+        out[prefix + (new if new is not None else k)] = value
+    for (base, kind), parts in fused.items():
+        if set(parts) != {"q_proj", "k_proj", "v_proj"}:
+            raise ValueError(f"{prefix}{base}: q/k/v {kind} incomplete ({sorted(parts)})")
+        out[f"{prefix}{base}attn.qkv.{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], 0)
+    return out
+
+
 OPENUNI_TRAINED = ("meta_queries", "connector.", "projector.", "transformer.")
 
 
@@ -216,7 +309,6 @@ def load_openuni(model: nn.Module, checkpoint: str | None = None, checkpoint_fil
         from diffusers import AutoencoderDC
         model.vae = AutoencoderDC.from_pretrained(dcae_path).to(model.device).requires_grad_(False).eval()
     if checkpoint is not None:
-        from segros.backbones.openuni import internvl_remote_to_hf, is_remote_internvl
         sd = read_state_dict(_pick(checkpoint, checkpoint_file, SHOWO_FILES + ("model.pth",)))
         if is_remote_internvl(sd, "lmm."):
             sd = internvl_remote_to_hf(sd, "lmm.")

@@ -1,125 +1,20 @@
-"""Harmon (wusize/Harmon, ICCV 2025) behind the SeGroS :class:`Backbone` protocol.
+"""Harmon (wusize/Harmon) behind the SeGroS :class:`Backbone` protocol.
 
-Architecture (read from ``src/models/harmon.py``; REFERENCES.md): a frozen KL-16 VAE
-(``vae``, 512 px → 32×32×16 latents, scale 0.2325), a MAR encoder/decoder with 64 buffer tokens
-(``mar``), ``proj_in`` (MAR width → LLM → LLM, SiLU), a Qwen2.5 LLM (``llm``, a transformers
-``Qwen2ForCausalLM``) and ``proj_out`` (LLM → LLM → MAR width, SiLU). The per-token diffusion head
-lives in ``mar.diffloss.net``. Sizes: ``0.5b`` = MAR-B (768, 12+12 layers, head 6×1024) into
-Qwen2.5-0.5B (896); ``1.5b`` = MAR-H (1280, 20+20 layers, head 12×1536) into Qwen2.5-1.5B (1536).
+A frozen KL-16 VAE (``vae``), a MAR encoder/decoder with buffer tokens and a per-token diffusion
+head (``mar``, :mod:`segros.backbones._mar`), ``proj_in`` / ``proj_out`` and a Qwen2.5 LLM (``llm``),
+with the official parameter names. Build with :func:`build_harmon` (random weights) or through the
+registry (``harmon-0.5b`` / ``harmon-1.5b``, official checkpoints).
 
-The SeGroS hooks (§3, §11.0.2, Eqs. 16–17):
+- ``embed_image``: ``proj_in`` of the MAR encoder with nothing masked, on the target grid; with
+  ``hint_layout="reca"`` the buffer tokens of the same pass are ``VisualTokens.extra``.
+- ``t2i_loss``: ``[hints][chat prompt][image block]`` through the LLM, added to the encoder output,
+  MAR decoder, diffusion ε-MSE on the masked latents; γ per batch (the encoder drops masked tokens).
+- Switches: ``hint_layout`` ("prepend" | "reca"), ``image_attention`` ("fig6" | "native"),
+  ``hint_grad_scale`` (Reca: 0.1), ``cond_dropout_prob`` (SFT path), ``recon_prompts`` and
+  ``text_free_prob`` (Reca's caption-free prompts).
 
-* ``embed_text`` = Qwen's input embedding table (frozen for grounding).
-* ``embed_image`` = ``proj_in`` of the MAR encoder run on the VAE latents with nothing masked,
-  buffer tokens dropped: [B, 1024, D] on a 32×32 grid at 512 px (``hint_grid_hw`` =
-  ``target_grid_hw``).
-* ``t2i_loss``: sequence ``[hints][chat prompt][proj_in(MAR encoder on the visible latents) +
-  64 buffer tokens]`` (``hint_layout="prepend"``; ``"reca"``: Reca's order, below), the LLM's image
-  outputs go through ``proj_out`` and are *added* to the encoder output (Harmon's residual), then the
-  MAR decoder and the diffusion head's eps-MSE on the masked latents
-  (:func:`segros.objectives.diffusion_mse`, 4 samples per token, cosine schedule of 1000 steps). The MAR encoder drops masked tokens, so every sample of a batch must
-  have the same number of masked tokens (``gamma_per = "batch"``, truncated-normal γ).
-* ``i2t_loss``: ``<|im_start|>user\\n`` + the 1088 image tokens (buffer moved to the end) +
-  ``\\n{question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>``; shifted NLL on the answer.
-* ``generate``: Harmon's MAR loop (cosine mask schedule, random order, ``cfg`` on the diffusion
-  head with the unconditional prompt "Generate an image."); defaults cfg 3.0, 64 iterations,
-  temperature 1.0, one ``torch.Generator(seed)`` per call. Its prompts
-  (:meth:`Harmon.tokenize_generation_prompts`) are those of the GenEval path SeGroS follows, Reca's
-  ``Harmon/scripts/geneval.py`` (run by ``scripts/parallel_geneval.py --mode geneval``, Reca's
-  README; DPG-Bench's ``scripts/dpgbench.py`` builds them the same way), which is wusize/Harmon's
-  ``scripts/text2image.py``: ``full_prompt = f"Generate an image: {prompt}"`` (not stripped, no
-  trailing "."), then ``src/models/harmon.py`` ``Harmon.prepare_text_conditions(full_prompt,
-  "Generate an image.")``: each string in ``prompt_template['INSTRUCTION']``, one
-  ``tokenizer.encode(..., add_special_tokens=True)`` per string (Qwen adds no special tokens), no
-  truncation, right-padded (``pad_sequence``) with ``tokenizer.eos_token_id`` and an attention mask
-  over the real ids. wusize/Harmon's ``scripts/batch_text2image.py`` differs and is not followed: it
-  appends "." (``f"Generate an image: {prompt.strip()}."``) and pads with the tokenizer's pad token
-  (``tokenizer(prompts, padding=True)``); no official GenEval script of Harmon's own is published.
-
-Prompts and caption dropout (the official code, exactly):
-
-* Training prompts (:meth:`Harmon.tokenize_prompts`, the T2I batches): wusize/Harmon
-  ``src/datasets/text2image/text2image.py`` ``Text2ImageDataset._process_text`` (Reca's copy is the
-  same): ``f"Generate an image: {text.strip()}"`` in ``prompt_template['INSTRUCTION']``
-  (:data:`INSTRUCTION`), the whole string encoded once with ``add_special_tokens=True`` (nothing
-  added by Qwen), ``input_ids[:max_length]`` with ``max_length=128``
-  (``configs/datasets/qwen2_5_1_5b/text2image.py``); ``src/datasets/collate_functions.py``
-  ``collate_func_gen`` right-pads with ``pad_index=151645`` (``configs/datasets/qwen2_5_1_5b/
-  processors.py``; Qwen2.5-Instruct's eos ``<|im_end|>``, our :attr:`Harmon.prompt_pad_id`) and
-  masks the padding. One piece matters: Qwen's byte-level BPE merges the space after "image:" into
-  the caption's first token (:func:`segros.backbones.base.tokenize_caption_prompts`, shared with
-  OpenUni). An empty text gives the unconditional "Generate an image.".
-* Caption dropout (``cond_dropout_prob``, default 0.1): the same ``_process_text`` replaces the
-  prompt by "Generate an image." when ``random.uniform(0, 1) < self.unconditional``, per sample;
-  ``unconditional=0.1`` (the ``Text2ImageDataset`` default and ``configs/datasets/qwen2_5_1_5b/
-  text2image.py``, Reca's too). Here it acts in ``t2i_loss`` without hints and in training mode only
-  (:meth:`Harmon.draw_dropped`, :class:`segros.backbones.base.CaptionDropout`, as Show-o's), i.e.
-  on the SFT baseline, Harmon's own T2I fine-tuning; the hinted paths (SeGroS, Reca) never drop.
-
-Conventions this module fixes (the paper and the official code leave them open):
-
-* Hint placement, ``hint_layout``: ``"prepend"`` (default) puts the hints *before* the chat prompt
-  (§8.2, Fig. 6: ``[hints][chat prompt][image]``). Attention is the Fig. 6 mask of
-  :func:`segros.attention.segros_attention_mask` (hints bidirectional among themselves, text causal +
-  all hints, image tokens see everything real). ``image_attention="native"`` instead keeps Harmon's own
-  causal mask over [text][image] (hints are then still visible to everything after them).
-  ``"reca"`` puts them where Reca puts its image prompt, Reca ``Harmon/src/models/harmon_dev.py``
-  ``HarmonDev.recon_loss``: the -200 slot after the first 3 prompt ids (``<|im_start|>user\\n``,
-  whose last id is Qwen's merged "\\n\\n" in front of an instruction; :meth:`Harmon.reca_slot`), i.e.
-  ``[<|im_start|>user\\n][hints][rest of the prompt][padding][image]``; the LLM gets what Reca's
-  ``Harmon/src/models/harmon.py`` ``Harmon.prepare_forward_input`` gives it, a 2-D padding mask
-  (right-padded, ``collate_func_gen``), so the whole sequence is causal with padded keys blocked (hints
-  causal among themselves, the 3 template ids blind to them) and position ids ``cumsum(real) - 1``.
-  There ``image_attention`` acts on the image block only: ``"native"`` keeps it causal (Reca exactly:
-  ``hint_layout="reca", image_attention="native"``, checked against Reca's code in
-  ``tests/parity/test_harmon_parity.py``), ``"fig6"`` lets image tokens see every real token. What the
-  hints are in ``"reca"``: Reca's image prompt is all 1088 encoder tokens (``harmon.py``
-  ``Harmon.extract_visual_feature`` with nothing masked: proj_in of the 64 buffer + 1024 grid tokens,
-  buffer moved to the end). :meth:`embed_image` still returns the 1024 grid tokens (the protocol's hint
-  grid, which grounding ranks) and, in this layout only, carries the 64 buffer tokens of the same
-  encoder pass on the returned tensor (``_reca_buffer``, same dropout draw and graph); :meth:`t2i_loss`
-  appends them when it is handed that tensor itself, which is what ``segros.train.t2i_step`` does for
-  method "reca": the Reca baseline gets Reca's 1088 tokens. A selected subset (SeGroS, the Reca hint
-  filter: top-η grid tokens gathered into a new tensor) goes into the slot without buffer tokens: the
-  buffer is not on the grid the map ranks, and the paper's hints are visual tokens. ``hint_grad_scale``
-  (Reca: 0.1, ``HarmonDev.recon_loss``' ``_ScaleGradient`` on all 1088) covers the buffer too.
-  Generation (no hints) is the same in both layouts.
-* Position ids: ``cumsum(real) - 1`` over the whole sequence (Harmon's ``prepare_forward_input``),
-  so the image block follows the last real text token whatever the padding.
-* ``text_valid`` marks only the user caption's tokens, not the chat template and not the fixed
-  instruction "Generate an image:" (grounding uses what the user asked for).
-* Reca's options (config): ``hint_grad_scale`` (default 1, off) multiplies the gradient that flows
-  back into the hint embeddings (Reca: 0.1); ``text_free_prob`` (default Reca's 0.1) replaces a
-  reconstruction prompt by "Generate an image." with that probability in
-  :meth:`tokenize_recon_prompts` (Reca's ``unconditional=0.1``, below), so it acts only on the Reca
-  baselines with ``recon_prompts`` set; ``recon_prompts`` names Reca's
-  ``Harmon/src/datasets/text2image/consts.py`` (or a text file, one instruction per line; see
-  :func:`segros.backbones.base.read_recon_prompts`).
-* Reca's text for its caption-free reconstruction (the Reca baselines, Table 9 "Text ×", Table 1's
-  Reca rows), Reca ``Harmon/src/datasets/text2image/text2image.py``
-  ``ReconstructionDataset._process_text`` (and the same method of ``MidjourneyReconstructionDataset``,
-  the dataset of Reca's ``configs/examples/reca.py``): ``prompt = random.choice(get_recon_prompt_list())``;
-  with probability ``unconditional`` (0.1) the text is "Generate an image.", else ``f"\\n{prompt}"``;
-  ``prompt_template['INSTRUCTION']`` (xtuner ``qwen_chat``: :data:`INSTRUCTION`) around it, one
-  ``tokenizer.encode`` (Qwen adds no special tokens), the image slot (-200, expanded to 1088 tokens
-  in ``harmon_dev.py`` ``HarmonDev.recon_loss``) inserted after the first 3 ids, truncated to
-  ``max_length=128`` (``configs/datasets/qwen2_5_1_5b/reconstruction_mid.py``). With
-  ``recon_prompts`` set, :meth:`tokenize_recon_prompts` gives those ids without the slot and
-  :func:`segros.train.without_text` uses them; without it the Reca baselines get the empty prompt
-  (:meth:`tokenize_prompts` of "", i.e. "Generate an image."). Where the hints go and which tokens
-  they are: ``hint_layout`` above (``"prepend"``: ``embed_image``'s grid tokens before the prompt;
-  ``"reca"``: Reca's 1088 tokens in Reca's slot).
-* The diffusion loss is the eps-MSE of Eq. 17 only (see :mod:`segros.backbones._mar`).
-
-Checkpoints (:mod:`segros.backbones.checkpoints`): ``harmon_0.5b.pth`` / ``harmon_1.5b.pth`` hold
-every key except ``vae.*`` (``llm.*``, ``mar.*``, ``proj_in.*``, ``proj_out.*``); ``kl16.ckpt``
-holds the VAE under ``["model"]`` without the ``vae.`` prefix. The Qwen weights and tokenizer come
-from the Qwen2.5-Instruct folder (``llm_path``). The HF-format repos (Harmon-0_5B/1_5B) are not
-handled.
-
-Table 7 (Harmon columns; presets ``paper-harmon-0.5b`` / ``paper-harmon-1.5b``): AdamW, lr 1e-5,
-weight decay 0.01, betas (0.9, 0.95); 3K / 5K steps, warm-up 500; batch 96 / 48, accumulation 2;
-η = 30 %, ρ = 40 %, λ = 1.0; nothing frozen except the VAE.
+Where each piece comes from in the official code, the prompts, the hint layouts and the parity
+checks: ``docs/adapters/harmon.md``.
 """
 
 from __future__ import annotations
@@ -134,8 +29,11 @@ from torch import nn
 
 from segros.attention import segros_attention_mask
 from segros.backbones._mar import MAR, AutoencoderKL, sample_tokens
-from segros.backbones.base import (Backbone, CaptionDropout, VisualTokens, draw_choice, draw_uniform, pad_rows,
-                                   read_recon_prompts, resize_to_pixels, tokenize_caption_prompts)
+from segros.backbones.base import Backbone, VisualTokens
+from segros.backbones.inputs import (CaptionDropout, draw_choice, draw_uniform, pad_rows, read_recon_prompts,
+                                     resize_to_pixels, tokenize_caption_prompts)
+from segros.data.tokenizer import tiny_tokenizer
+from segros.objectives import DiffusionSchedule, diffusion_mse, i2t_nll
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
@@ -233,21 +131,6 @@ def _qwen_config(cfg: HarmonConfig, vocab_size: int):
                        num_key_value_heads=cfg.llm_kv_heads, max_position_embeddings=32768,
                        rope_theta=cfg.rope_theta, rms_norm_eps=1e-6, tie_word_embeddings=cfg.tie_word_embeddings,
                        attn_implementation=cfg.attn_implementation)
-
-
-def tiny_tokenizer(extra_texts: Sequence[str] = ()):
-    """An offline word-level tokenizer for the tiny Harmon: shapes-world words + the chat template.
-
-    The unconditional prompt in the template is there because prompts are encoded in one piece:
-    "image." + "<|im_end|>" gives the word-level piece ".<|"."""
-    from segros.data.tokenizer import build_text_tokenizer
-    try:
-        from segros.data.shapes import ShapesWorld
-        words = ShapesWorld().vocabulary()
-    except ImportError:  # the shapes world is optional here
-        words = ["a", "red", "blue", "circle", "square", "left", "of", "the"]
-    texts = list(words) + [INSTRUCTION.format(input=UNCOND_PROMPT), GEN_PREFIX, "user assistant", *extra_texts]
-    return build_text_tokenizer(texts)
 
 
 class Harmon(CaptionDropout, Backbone):
@@ -424,11 +307,9 @@ class Harmon(CaptionDropout, Backbone):
         if self.cfg.hint_layout != "reca":
             return VisualTokens(self.proj_in(x_enc[:, nb:]), hw)
         # Reca's image prompt (harmon.py extract_visual_feature): proj_in of all 1088 tokens; the grid
-        # tokens are the hints, the 64 buffer tokens ride along on the tensor for t2i_loss (module docstring)
+        # tokens are the hints, the 64 buffer tokens of the same pass are the extra tokens of the prompt
         z = self.proj_in(x_enc)
-        tokens = z[:, nb:]
-        tokens._reca_buffer = z[:, :nb]
-        return VisualTokens(tokens, hw)
+        return VisualTokens(z[:, nb:], hw, extra=z[:, :nb])
 
     def reca_slot(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> int:
         """Where ``hint_layout="reca"`` puts the hints: after the ids of ``<|im_start|>user\\n`` (Reca's first
@@ -460,8 +341,6 @@ class Harmon(CaptionDropout, Backbone):
     def t2i_loss(self, batch: Mapping[str, torch.Tensor], supervision: Any, hints: torch.Tensor | None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Eqs. 16–17 on the grounded corrupted input; ``hints`` [B, H, D] or None."""
-        from segros.objectives import DiffusionSchedule, diffusion_mse
-
         for key in ("pixels", "input_ids", "attention_mask"):
             if key not in batch:
                 raise ValueError(f"batch is missing {key!r}")
@@ -473,9 +352,6 @@ class Harmon(CaptionDropout, Backbone):
         if hints is not None:
             if hints.ndim != 3 or hints.shape[0] != b or hints.shape[2] != self.width:
                 raise ValueError(f"hints must be [B, H, D] = [{b}, H, {self.width}], got {tuple(hints.shape)}")
-            buffer = getattr(hints, "_reca_buffer", None) if self.cfg.hint_layout == "reca" else None
-            if buffer is not None:  # embed_image's whole output: Reca's 1088-token image prompt, buffer last
-                hints = torch.cat([hints, buffer], dim=1)
             if self.cfg.hint_grad_scale != 1.0:
                 hints = _ScaleGrad.apply(hints, self.cfg.hint_grad_scale)
         text_ids, text_mask = self.sft_conditions(batch["input_ids"], batch["attention_mask"], hints, generator)
@@ -490,8 +366,6 @@ class Harmon(CaptionDropout, Backbone):
 
     def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Eq. 2 with Harmon's image prompt (1088 tokens, buffer last, at IMAGE_TOKEN_INDEX slots)."""
-        from segros.objectives import i2t_nll
-
         ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
         latents, hw = self.encode(batch["pixels"])
         zero = torch.zeros(latents.shape[:2], device=latents.device, dtype=latents.dtype)
@@ -563,7 +437,7 @@ class Harmon(CaptionDropout, Backbone):
 
     def draw_dropped(self, batch_size: int, generator=None) -> torch.Tensor:
         """Official ``Text2ImageDataset._process_text``: per row ``random.uniform(0, 1) < unconditional``
-        (:func:`segros.backbones.base.draw_uniform`: Python's ``random`` when ``generator`` is None)."""
+        (:func:`segros.backbones.inputs.draw_uniform`: Python's ``random`` when ``generator`` is None)."""
         return torch.tensor([draw_uniform(generator) < self.cfg.cond_dropout_prob for _ in range(batch_size)])
 
     def i2t_batch(self, images, questions, answers) -> dict[str, torch.Tensor]:

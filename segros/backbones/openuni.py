@@ -1,107 +1,18 @@
 """OpenUni (wusize/OpenUni) behind the SeGroS :class:`Backbone` protocol.
 
-Architecture (``src/models/openuni/internvl3_sana_hf.py`` ``OpenUniInternVL3SANAHF``,
-``src/models/connector/``, ``configs/models/openuni_*``; REFERENCES.md): a frozen InternVL3 MLLM
-(``lmm``), 256 learnable ``meta_queries`` appended after the prompt, the LLM's last hidden states at
-the queries go through ``connector`` (6 SigLIP-style encoder layers without a final norm, width 896,
-14 heads, GELU-tanh, keys ``layers.<i>.{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2,
-mlp.fc1, mlp.fc2}``; ``modeling_connector.py`` ``ConnectorEncoder``) and ``projector`` (Linear 896 →
-SANA caption channels; ``proj_type="enc_proj"``, ``llm2dit``) into a SANA transformer
-(``transformer``, diffusers ``SanaTransformer2DModel``) over DC-AE f32c32 latents (``vae``, diffusers
-``AutoencoderDC``; 512 px → 16×16×32).
+A frozen InternVL3 MLLM (``lmm``, transformers' ``InternVLModel``), 256 ``meta_queries``, a
+``connector`` and a ``projector`` into a SANA transformer (``transformer``) over DC-AE latents
+(``vae``), with the official parameter names. Build with :func:`build_openuni` (random weights;
+``mllm_path`` reads InternVL3 in either layout, :func:`load_internvl`) or through the registry
+(``openuni-1.6b`` / ``openuni-3.6b``, official checkpoints).
 
-The MLLM. It is transformers' ``InternVLModel`` (the "-hf" layout: ``vision_tower.*``,
-``multi_modal_projector.*``, ``language_model.*`` = a ``Qwen2Model``). The official code builds the
-remote-code ``InternVLChatModel`` (``src/models/internvl3/modeling_internvl_chat.py``:
-``vision_model.*`` = InternViT, ``mlp1.*``, ``language_model.*`` = a ``Qwen2ForCausalLM``) from
-OpenGVLab/InternVL3-1B / -2B. Both compute the same function (checked by the parity test):
-:func:`internvl_remote_to_hf` renames the remote-code keys (InternViT's fused ``attn.qkv`` is split
-into ``q_proj``/``k_proj``/``v_proj`` in that order, ``modeling_intern_vit.py``
-``InternAttention._naive_attn``; ``mlp1.{0,1,3}`` = LayerNorm, Linear, Linear; the LM head is dropped,
-OpenUni never calls it: ``self.llm.model(...)`` in ``text2image_loss``). :func:`build_openuni` with
-``mllm_path`` reads either layout (a remote-code folder is detected by its ``config.json``,
-``model_type == "internvl_chat"``), and :func:`segros.backbones.checkpoints.load_openuni` converts
-``lmm.*`` keys of a full OpenUni state dict automatically. :func:`internvl_hf_to_remote` goes back.
-SANA and DC-AE come from their diffusers folders (``load_openuni(sana_path=..., dcae_path=...)``
-replaces the modules: the random-build DC-AE here is all-ResBlock, not dc-ae-f32c32-sana-1.1).
+- ``embed_image``: InternVL's ``extract_feature`` (16×16 tokens in the LLM width).
+- ``t2i_loss``: the official rectified-flow loss; the hints enter the prompt only
+  (``hint_layout``: "reca" | "prepend"), ``supervision`` is ignored unless ``weight_flow_loss``.
+- ``image_attention``: "native" (OpenUni's causal queries) | "fig6". No I2T (λ = 0).
 
-Official computations reproduced here (each checked against the official code by
-``tests/parity/test_openuni_parity.py``; on CPU float32 every piece is bit-identical, the loss
-differs by 2e-7):
-
-* ``embed_image`` = ``get_semantic_features``: ImageNet-normalised, bilinear to ``vit_input_size``
-  (448), InternVL ``extract_feature`` (last ViT layer, CLS dropped, pixel shuffle v2, ``mlp1``):
-  16×16 = 256 tokens in the LLM width.
-* the prompt (``prepare_text_conditions`` and ``CaptionDataset._process_text``): the chat template
-  ``<|im_start|>user\\n{input}<|im_end|>\\n<|im_start|>assistant\\n`` around "Generate an image:
-  {prompt.strip()}" (unconditional: "Generate an image."), then ``<img>``; one ``encode`` of the
-  whole string (the InternVL3 tokenizer adds no special tokens), right padding.
-* ``conditions``: ``prepare_forward_input`` (queries appended after the prompt, position ids
-  ``cumsum(mask) - 1``), ``llm.model``, last hidden states at the queries, ``llm2dit``.
-* ``t2i_loss`` = ``diff_loss``: ``FlowMatchEulerDiscreteScheduler`` built from SANA's scheduler
-  config (``shift`` absent there, so 1): u ~ U(0, 1), σ = (1000 − ⌊1000 u⌋) / 1000, x_t = (1 − σ) x0
-  + σ ε, SANA at timestep 1000 σ, target ε − x0, unweighted MSE (``num_train_timesteps``; 0 gives a
-  continuous σ).
-* ``generate`` = ``generate`` → diffusers ``SanaPipeline``: DPM-Solver++ (2nd order, midpoint) on
-  flow sigmas with shift 3 (``DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True,
-  prediction_type="flow_prediction")``, the config diffusers' ``scripts/convert_sana_to_diffusers.py``
-  writes for 512/1024 px; a SANA folder's own ``scheduler/scheduler_config.json`` replaces it when
-  loaded through ``load_openuni(sana_path=...)``), 20 steps, cfg 4.5 as ``u + s (c − u)`` with the
-  unconditional prompt "Generate an image.", latents ``randn`` [B, 32, H/32, W/32] from one generator,
-  decoded with ``vae.decode(z / scaling_factor)``, saved as ``clamp(127.5 x + 128, 0, 255)`` cast to
-  uint8 (``scripts/text2image.py``, ``scripts/evaluation/gen_eval.py``). ``sampler="euler"`` keeps a
-  plain Euler flow sampler as an option. The seed: ours is a CPU ``torch.Generator(seed)`` per call
-  (the official scripts seed a generator on the model's device once, default 42).
-
-How SeGroS applies to OpenUni (the paper gives no equation for it; this is our reading):
-
-* ``embed_image`` as above; ``embed_text`` = the LLM's input embeddings.
-* Hint placement, ``hint_layout``: ``"reca"`` (default) puts the grounded top-η hints where Reca's
-  OpenUni reconstruction path puts its 256 InternVL features (Reca ``OpenUni/src/datasets/
-  image2image/edit_datasets.py`` ``ImageEditDataset._process_text`` and ``internvl3_sana_hf.py``
-  ``image2image_loss``: ``<|im_start|>user\\n<img>`` + features in the ``<IMG_CONTEXT>`` slots +
-  ``</img>\\n{text}<|im_end|>\\n<|im_start|>assistant\\n<img>`` + queries); here ``{text}`` is the
-  generation prompt "Generate an image: {caption}" (Reca's batches are left-padded, which the
-  ``cumsum`` position ids make equivalent). The MLLM is frozen, so the hints stay where InternVL has seen image
-  features. ``"prepend"`` puts them before the chat template, the literal reading of §8.2 / Fig. 6
-  (``[hints][chat prompt][queries]``), as the Harmon adapter does.
-* Reca's text (its caption-free reconstruction: the Reca baselines, Table 9 "Text ×", Table 1's Reca
-  rows). Reca ``OpenUni/configs/finetune/reca_1_0.6.py`` and ``reca_2_1.6.py`` train on
-  ``configs/datasets/internvl3_1b_512/midjourney_reconstruct.py``, i.e. ``src/datasets/image2image/
-  edit_datasets.py`` ``MidjourneyReconstructionDataset``: ``__getitem__`` draws ``prompt =
-  random.choice(self.prompt_list)`` (``src/datasets/image2image/consts.py``
-  ``get_recon_prompt_list()``) and ``ImageEditDataset._process_text`` builds
-  ``INSTRUCTION.format(input=f"<img>{'<IMG_CONTEXT>' * 256}</img>\\n{prompt}") + "<img>"``
-  (``IMG_START_TOKEN_FOR_GENERATION`` unset, so True), one ``tokenizer.encode`` (``tokenizer_kwargs``
-  ``add_special_tokens=True``; InternVL3's tokenizer adds none). No "Generate an image:" prefix and
-  no unconditional drop there (``ReconstructDataset``'s fixed "Keep the image as it is." is not in
-  Reca's fine-tuning configs). With ``recon_prompts`` naming that ``consts.py`` (or a text file, one
-  instruction per line), :meth:`OpenUni.tokenize_recon_prompts` gives the same ids without the
-  image block and :func:`segros.train.without_text` uses them; with ``hint_layout="reca"`` the
-  sequence is Reca's. Without ``recon_prompts`` the Reca baselines get the empty prompt
-  ("Generate an image.").
-* Attention, ``image_attention``: ``"native"`` (default) keeps OpenUni's causal mask for the
-  queries and applies Fig. 6 to the hints (bidirectional among themselves, blind to everything
-  else; text and queries see them). Without hints it is exactly the official attention, so the
-  released checkpoint evaluates as released (the "w/o SFT" baseline) and the frozen MLLM sees its
-  queries as it was trained to. ``"fig6"`` makes the queries the corrupted-input block of Fig. 6
-  (they see every real token, later queries included); the MLLM is frozen (Table 7), so this
-  shifts the conditions the connector was trained on, and it is an option, not the default. With
-  ``hint_layout="prepend"`` and ``"fig6"`` the mask equals
-  :func:`segros.attention.segros_attention_mask`. Generation uses the same rule as training.
-* SANA is trained with rectified flow and no masking, so nothing plays the grounded corrupted input
-  by default and ``supervision`` is ignored. The switch ``weight_flow_loss=True`` (off by default, an
-  extension of ours) uses ``supervision.loss_weight`` on the latent grid (16×16 at 512 px, equal to
-  the hint grid) as per-token weights of the flow-matching loss.
-* Trained parts: λ = 0 (no I2T, ``i2t_loss`` raises). Table 7 freezes only the MLLM for OpenUni and
-  Reca trains SANA (Reca ``OpenUni/configs/finetune/reca_1_0.6.py``, ``reca_2_1.6.py``:
-  ``model.freeze_transformer = False``), so ``meta_queries``, ``connector``, ``projector`` and
-  ``transformer`` train (``train_transformer=False`` freezes SANA as OpenUni's pre-training does).
-
-Table 7 (OpenUni columns; presets ``paper-openuni-1.6b`` = InternVL3-1B + SANA-0.6B,
-``paper-openuni-3.6b`` = InternVL3-2B + SANA-1.6B): AdamW, lr 1e-5, weight decay 0.01, betas
-(0.9, 0.95); 5K steps, warm-up 50; batch 42 / 20, accumulation 16; η = 30 %, ρ = 40 %, λ = 0.0;
-MLLM frozen.
+How SeGroS maps onto OpenUni, the official computations reproduced and the parity checks:
+``docs/adapters/openuni.md``.
 """
 
 from __future__ import annotations
@@ -116,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segros.backbones.base import (Backbone, VisualTokens, draw_choice, pad_rows, read_recon_prompts, resize_to_pixels,
-                                   tokenize_caption_prompts)
+from segros.backbones.base import Backbone, VisualTokens
+from segros.backbones.checkpoints import internvl_remote_to_hf, load_into
+from segros.backbones.inputs import draw_choice, pad_rows, read_recon_prompts, resize_to_pixels, tokenize_caption_prompts
+from segros.data.tokenizer import tiny_tokenizer
+from segros.objectives import flow_matching_mse
 
 INSTRUCTION = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GEN_PREFIX = "Generate an image: "
@@ -195,105 +109,6 @@ SIZES = {
                           num_steps=3, attn_implementation="eager"),
 }
 
-# ---- InternVL: remote-code (InternVLChatModel) <-> transformers (InternVLModel) key names ----------
-# Written from modeling_internvl_chat.py / modeling_intern_vit.py (OpenUni src/models/internvl3/) and
-# transformers' models/internvl/modeling_internvl.py. Per ViT layer suffix: (remote, hf).
-_VIT_LAYER = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."), ("ls1", "lambda_1"),
-              ("ls2", "lambda_2"), ("attn.proj.", "attention.projection_layer."),
-              ("attn.q_norm.", "attention.q_norm."), ("attn.k_norm.", "attention.k_norm."),
-              ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."))
-_FIXED = (("vision_model.embeddings.class_embedding", "vision_tower.embeddings.cls_token"),
-          ("vision_model.embeddings.position_embedding", "vision_tower.embeddings.position_embeddings"),
-          ("vision_model.embeddings.patch_embedding.", "vision_tower.embeddings.patch_embeddings.projection."),
-          ("mlp1.0.", "multi_modal_projector.layer_norm."), ("mlp1.1.", "multi_modal_projector.linear_1."),
-          ("mlp1.3.", "multi_modal_projector.linear_2."))
-_REMOTE_LM_HEAD = "language_model.lm_head.weight"
-
-
-def is_remote_internvl(keys, prefix: str = "") -> bool:
-    """True if ``keys`` (of a state dict) use the remote-code InternVLChatModel names under ``prefix``."""
-    return any(k.startswith((prefix + "vision_model.", prefix + "mlp1.")) for k in keys)
-
-
-def internvl_remote_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    """Rename remote-code InternVLChatModel keys (under ``prefix``) to transformers' InternVLModel.
-
-    ``vision_model.encoder.layers.<i>.attn.qkv.{weight,bias}`` [3C, ...] is split in order into
-    ``attention.{q,k,v}_proj``; ``language_model.model.*`` → ``language_model.*``; the LM head
-    (``language_model.lm_head.weight``) is dropped. Keys outside ``prefix`` and keys the map does not
-    know pass through unchanged (a loader then reports them as unexpected).
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if not key.startswith(prefix):
-            out[key] = value
-            continue
-        k = key[len(prefix):]
-        new = None
-        if k == _REMOTE_LM_HEAD:
-            continue
-        if k.startswith("language_model.model."):
-            new = "language_model." + k[len("language_model.model."):]
-        for old, hf in _FIXED:
-            if k.startswith(old) and new is None:
-                new = hf + k[len(old):]
-        layer = "vision_model.encoder.layers."
-        if new is None and k.startswith(layer):
-            idx, rest = k[len(layer):].split(".", 1)
-            base = f"vision_tower.encoder.layer.{idx}."
-            if rest.startswith("attn.qkv."):
-                kind = rest[len("attn.qkv."):]
-                q, kk, v = value.chunk(3, dim=0)
-                for name, part in (("q_proj", q), ("k_proj", kk), ("v_proj", v)):
-                    out[f"{prefix}{base}attention.{name}.{kind}"] = part.clone()
-                continue
-            for old, hf in _VIT_LAYER:
-                if rest.startswith(old):
-                    new = base + hf + rest[len(old):]
-                    break
-        out[prefix + (new if new is not None else k)] = value
-    return out
-
-
-def internvl_hf_to_remote(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    """The inverse of :func:`internvl_remote_to_hf` (q/k/v fused back into ``attn.qkv``); no LM head."""
-    out: dict[str, torch.Tensor] = {}
-    fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    layer = "vision_tower.encoder.layer."
-    for key, value in sd.items():
-        if not key.startswith(prefix):
-            out[key] = value
-            continue
-        k = key[len(prefix):]
-        new = None
-        if k.startswith("language_model."):
-            new = "language_model.model." + k[len("language_model."):]
-        for old, hf in _FIXED:
-            if new is None and k.startswith(hf):
-                new = old + k[len(hf):]
-        if new is None and k.startswith(layer):
-            idx, rest = k[len(layer):].split(".", 1)
-            base = f"vision_model.encoder.layers.{idx}."
-            for name in ("q_proj", "k_proj", "v_proj"):
-                if rest.startswith(f"attention.{name}."):
-                    kind = rest[len(f"attention.{name}."):]
-                    fused.setdefault((base, kind), {})[name] = value
-                    break
-            else:
-                for old, hf in _VIT_LAYER:
-                    if rest.startswith(hf):
-                        new = base + old + rest[len(hf):]
-                        break
-            if new is None and rest.startswith("attention.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
-                continue
-        out[prefix + (new if new is not None else k)] = value
-    for (base, kind), parts in fused.items():
-        if set(parts) != {"q_proj", "k_proj", "v_proj"}:
-            raise ValueError(f"{prefix}{base}: q/k/v {kind} incomplete ({sorted(parts)})")
-        out[f"{prefix}{base}attn.qkv.{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], 0)
-    return out
-
-
 def internvl_hf_config(remote: Mapping[str, Any], image_token_id: int):
     """transformers ``InternVLConfig`` equivalent to a remote-code ``InternVLChatConfig`` dict.
 
@@ -355,8 +170,6 @@ def load_internvl(path: str, tokenizer=None, attn_implementation: str = "sdpa") 
     bfloat16). A hub id is fetched with ``snapshot_download`` first (never in tests).
     """
     from transformers import InternVLModel
-
-    from segros.backbones.checkpoints import load_into
 
     if not os.path.isdir(path):
         from huggingface_hub import snapshot_download
@@ -571,8 +384,6 @@ class OpenUni(Backbone):
 
     def t2i_loss(self, batch: Mapping[str, torch.Tensor], supervision: Any, hints: torch.Tensor | None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        from segros.objectives import flow_matching_mse
-
         for key in ("pixels", "input_ids", "attention_mask"):
             if key not in batch:
                 raise ValueError(f"batch is missing {key!r}")
@@ -596,7 +407,7 @@ class OpenUni(Backbone):
         return flow_matching_mse(per_token, tokens, cond, generator=generator, loss_weight=weight,
                                  num_train_timesteps=self.cfg.num_train_timesteps or None)
 
-    trains_i2t = False  # segros.train.check_backbone refuses λ > 0 before training starts
+    trains_i2t = False  # segros.backbones.registry.check_backbone refuses λ > 0 before training starts
 
     def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError("OpenUni trains no I2T loss (λ = 0 in Table 7; the MLLM is frozen)")
@@ -611,7 +422,7 @@ class OpenUni(Backbone):
         ``text_valid`` marks the caption's tokens: those between the tokens of the template head
         ("...Generate an image:") and of the tail ("<|im_end|>...<img>"), found as the common prefix
         and suffix (BPE merges the space after the colon into the caption's first token;
-        :func:`segros.backbones.base.tokenize_caption_prompts`).
+        :func:`segros.backbones.inputs.tokenize_caption_prompts`).
         """
         pre, post = INSTRUCTION.split("{input}")
         return tokenize_caption_prompts(self._encode, texts, pre + GEN_PREFIX, post + IMG_START,
@@ -733,7 +544,6 @@ def build_openuni(size: str = "1.6b", tokenizer=None, mllm_path: str | None = No
     lmm = None
     if tokenizer is None:
         if size == "tiny" and mllm_path is None:
-            from segros.backbones.harmon import tiny_tokenizer
             tokenizer = tiny_tokenizer([IMG_START, IMG_END, INSTRUCTION.format(input=UNCOND_PROMPT)])
         elif mllm_path is None:
             raise ValueError(f"mllm_path (InternVL3 folder or hub id) is needed for size {size!r}; or pass tokenizer=")

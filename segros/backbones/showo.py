@@ -1,107 +1,18 @@
 """Show-o (showlab/Show-o), CLIP-ViT variant, behind the SeGroS :class:`Backbone` protocol.
 
-Architecture (read from ``models/modeling_showo.py``, ``models/phi.py``, ``models/modeling_magvitv2.py``,
-``models/clip_encoder.py``; REFERENCES.md): Phi-1.5 with q/k LayerNorm (``showo``: ``phi.py``
-``PhiForCausalLM.__init__`` forces ``qk_layernorm = True``; 2048 wide, 24 layers, vocabulary resized
-to 58498 = 50295 text + 10 special + 8192 image codes + 1 mask), the MAGVIT-v2 lookup-free tokenizer
-(``vq_model``: 13-bit codes = 8192, 16x down), CLIP ViT-L/14-336 (``clip``, a transformers
-``CLIPVisionModel``; ``CLIPVisionTower``: hidden state -2, CLS dropped: 24x24 x 1024) and
-``mm_projector`` (Linear 1024->2048, GELU, Linear 2048->2048; fixed sizes in ``Showo.__init__``).
+Phi-1.5 with q/k LayerNorm over text and MAGVIT-v2 codes in one vocabulary (``showo``), the
+MAGVIT-v2 tokenizer (``vq_model``, frozen), CLIP ViT-L/14-336 (``clip``, frozen) and ``mm_projector``,
+with the official parameter names. Build with :func:`build_showo` (random weights) or through the
+registry (``showo-256`` / ``showo-512``, official checkpoints).
 
-Vocabulary (``training/prompting_utils.py`` ``UniversalPrompting.__init__``): the Phi tokenizer
-(50295 entries) gets ``[PAD]`` first (``add_special_tokens({'pad_token': '[PAD]'})``), then
-``<|soi|> <|eoi|> <|sov|> <|eov|> <|t2i|> <|mmu|> <|t2v|> <|v2v|> <|lvg|>``, so ``[PAD]`` = 50295,
-``<|soi|>`` = 50296, ..., ``<|lvg|>`` = 50304 (:data:`SPECIAL_TOKENS`, where ``<|pad|>`` names
-``[PAD]`` as in ``sptids_dict``). Image code ``c`` has id ``len(tokenizer) + c`` = ``llm_vocab + 10 + c``
-(``train_recon_w_clip_vit.py`` ``prepare_inputs_and_labels*``); the mask token is the last id
-(``Showo.__init__``: ``mask_token_id = vocab_size - 1``). ``[BOS]`` = ``[EOS]`` = Phi's
-``<|endoftext|>``; prompts are tokenized without special tokens and ``[BOS]`` is prepended.
+- ``embed_image``: ``mm_projector(CLIP)`` on the 24×24 grid (resampled onto the code grid).
+- ``t2i_loss``: native layout without hints (SFT, generation), Reca's reconstruction layout with
+  hints (:func:`reca_attention_mask`); NLL of the masked codes; γ per sample, cosine schedule.
+- Switches: ``hint_preprocess`` ("reca" | "clip"), ``cond_dropout_prob`` (SFT path),
+  ``recon_prompts`` (Reca's caption-free prompts).
 
-Pixels: batches carry [0, 1] pixels (:func:`resize_to_pixels`). MAGVIT-v2 takes [-1, 1] (Show-o's
-``image_transform`` and Reca's ``MidjourneyDataset`` normalise with mean = std = 0.5) and its
-decoder output is mapped back with ``clamp((x + 1) / 2, 0, 1)`` (``inference_t2i.py``), so
-:meth:`Showo.image_codes` / :meth:`Showo.decode_codes` convert at the boundary. CLIP: Reca's
-reconstruction path feeds the [-1, 1] image, bilinearly resized to 336, with *no* CLIP
-normalisation (``train_recon_w_clip_vit.py``: ``pixel_values_recon_336`` -> ``vision_tower``); the
-understanding path uses LLaVA's ``CLIPImageProcessor`` (bicubic, CLIP mean/std). ``embed_image``
-(hints and grounding) follows ``hint_preprocess`` ("reca", the default, or "clip"); ``i2t_loss``
-always uses the CLIP normalisation.
-
-Sequences (position ids = ``arange``: ``phi.py`` ``PhiModel.forward`` builds them when none are
-given; the 4-D additive mask is used as it is, ``phi.py`` skips transformers' mask preparation):
-
-* Native T2I (``hints=None``; the SFT baseline and :meth:`Showo.generate`), ``UniversalPrompting.
-  t2i_prompt`` / ``t2i_gen_prompt``: ``[pad ...][t2i][bos] text [eos]`` LEFT-padded to
-  ``max_text_len + 1`` = 129 slots, then ``[soi] codes [eoi]`` (a too-long text keeps 126 words and
-  ends in ``[eos]``). Mask ``create_attention_mask_predict_next(rm_pad_in_image=True)``: text causal,
-  the image block ``[soi] codes [eoi]`` sees every non-pad token both ways, no real token sees
-  padding. That is :func:`segros.attention.segros_attention_mask` with no hints and the image block
-  = ``[soi] codes [eoi]`` (equal on every non-pad query; padding rows differ and are never read).
-  Condition dropout (``cond_dropout_prob``, default 0.1, in ``t2i_loss`` without hints and in
-  training mode only): official ``training/train.py`` / ``train_w_clip_vit.py`` build
-  ``UniversalPrompting(..., cond_dropout_prob=config.training.cond_dropout_prob)``, 0.1 in every
-  official config (``configs/showo_*.yaml``) and in Reca's ``showo_reca*_clip.yaml``, and
-  ``t2i_prompt`` replaces a row by ``[t2i][bos][eos]`` when ``torch.rand(B)[i] < cond_dropout_prob``
-  (:meth:`Showo.draw_dropped`; :class:`segros.backbones.base.CaptionDropout` does the rest). It is on
-  by default because the SFT baseline of Table 1 ("SFT*", "reproduced using the official
-  implementations") is Show-o's own T2I fine-tuning, which drops at 0.1; set 0 to train without it.
-  The hinted paths (SeGroS, Reca) never drop.
-* Hinted T2I (SeGroS and the Reca baselines), Reca's ``UniversalPrompting.t2i_clip_recon_prompt`` +
-  ``prepare_inputs_and_labels_recon`` with the visual hints in the slots of the 576 CLIP tokens:
-  ``[mmu][soi] hints [eoi][bos] text [eos][pad ...]`` (the ids RIGHT-padded to 128 slots, hints
-  not counted; at most 123 words), then ``[soi] codes [eoi]``. Mask (:func:`reca_attention_mask`,
-  Reca's ``create_attention_mask_for_mmu_vit_recon`` with its fixed 576 replaced by the hint
-  count): causal; every token sees every hint; the codes (not their ``[soi]``/``[eoi]``) see each
-  other both ways; no token sees padding. Restricted to hints, words and codes this is exactly
-  Fig. 6 (hints bidirectional and blind to what follows, text causal after the hints, codes see
-  everything); the special tokens follow Reca. Reca's text in this slot is not the caption but
-  ``f"USER: \\n { random.choice(recon_prompt_list) } ASSISTANT:"`` per row (Reca
-  ``Show-o/training/train_recon_w_clip_vit.py``, the ``prepare_inputs_and_labels_recon`` call;
-  ``recon_prompt_list = training/consts.py get_recon_prompt_list()``), tokenized by
-  ``UniversalPrompting.__call__`` (``'t2i_clip_recon'``: ``text_tokenizer(texts)['input_ids']``, Phi
-  adds no special tokens). SeGroS conditions on the caption (Eq. 15). The Reca baselines of
-  :mod:`segros.train` (``without_text``) use :meth:`Showo.tokenize_recon_prompts` (exactly those
-  words) when the config names Reca's ``consts.py`` in ``recon_prompts`` (or a text file, one
-  instruction per line), else the empty prompt (no words: ``[mmu][soi] hints [eoi][bos][eos]``).
-* Loss (``modeling_showo.py`` ``Showo.forward``, Reca's ``type='recon'`` branch): logits at the
-  code positions (no shift: the logit at a code slot predicts that slot) over the whole
-  vocabulary, cross-entropy of the true code ids at the masked codes, token mean over the batch
-  (``ignore_index=-100``; ``label_smoothing`` is accepted but unused). Masking per sample:
-  ``mask_or_random_replace_tokens``: t ~ U(0, 1), ratio cos(pi t / 2), ``round(N ratio)`` at least 1
-  codes (here: :mod:`segros.supervision` with ``mask_schedule = "cosine"``, ``gamma_per = "sample"``;
-  it masks floor(N ratio) codes, the paper's floor(gamma N) of §3.4, so a count can differ by one).
-  Reca's total is ``t2i_coeff 0 * t2i + mmu_coeff 1 * mmu + recon_coeff 1 * recon`` (configs
-  ``showo_reca*_clip.yaml``): only the hinted reconstruction and I2T are trained.
-* I2T (Reca's ``llava_tuning`` branch): ``[mmu][system prompt][soi] 576 CLIP [eoi] USER: q
-  ASSISTANT: a<|endoftext|>``, with LLaVA's system prompt (:data:`SYSTEM_PROMPT`); mask
-  ``create_attention_mask_for_mmu_vit``: causal, plus every token sees the CLIP tokens; shifted
-  NLL on the answer.
-
-``generate`` = ``Showo.t2i_generate`` (MaskGIT): native layout for the prompt and for the empty
-unconditional prompt; logits ``(1 + g) cond - g uncond`` over the 8192 code ids; sample every
-position (``torch.multinomial``); keep the already known codes; mask ratio ``cos(pi/2 (k+1)/K)``,
-``mask_len = clamp(floor(N ratio), 1, #unknown - 1)``; confidence ``log p + T_k * Gumbel`` with
-the temperature compounding ``T_k = T_{k-1} (1 - (k+1)/K)`` as ``t2i_generate`` does; re-mask the
-lowest; returns the last step's samples. With one CPU generator it draws exactly what
-``t2i_generate`` draws (the multinomial, then ``uniform_`` on a zero [B, N] tensor, per step).
-Images: ``decode_code``, ``clamp((x + 1) / 2)``, ``* 255`` truncated to uint8 (``inference_t2i.py``).
-Defaults guidance 1.75 / 16 steps at 256 px and 5 / 50 steps at 512 px (REFERENCES.md; Reca's
-``scripts/geneval.py``).
-
-Other conventions:
-
-* ``text_valid`` marks the prompt's own words (no special tokens, no padding).
-* ``vq_model`` and ``clip`` are frozen (Table 7 freezes CLIP; MAGVIT is never trained).
-* What the parity test checks against the official code: ``tests/parity/test_showo_parity.py``.
-
-Checkpoints (:mod:`segros.backbones.checkpoints`): ``show-o-w-clip-vit[-512x512]`` holds
-``showo.*`` and ``mm_projector.*`` (``load_showo``); ``magvitv2`` holds the tokenizer's
-``encoder.*``, ``decoder.*``, ``quantize.*`` (loaded under ``vq_model.``); CLIP comes from
-``CLIPVisionModel.from_pretrained`` (``clip_path``).
-
-Table 7 (Show-o columns; presets ``paper-showo-256`` / ``paper-showo-512``): AdamW, lr 5e-7,
-weight decay 0.01, betas (0.9, 0.999); 5K steps, warm-up 1000; batch 4 / 2, accumulation 5 / 20;
-eta = 30 % / 40 %, rho = 40 %, lambda = 1.0; CLIP frozen.
+Vocabulary layout, pixel ranges, the two sequences, the sampler and the parity checks:
+``docs/adapters/showo.md``.
 """
 
 from __future__ import annotations
@@ -110,15 +21,16 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segros.attention import bool_to_additive, segros_attention_mask
 from segros.backbones._mar import VAEDecoder, VAEEncoder
-from segros.backbones.base import (Backbone, CaptionDropout, VisualTokens, draw_choice, pad_rows, read_recon_prompts,
-                                   resize_to_pixels)
+from segros.backbones.base import Backbone, VisualTokens
+from segros.backbones.inputs import CaptionDropout, draw_choice, pad_rows, read_recon_prompts, resize_to_pixels
+from segros.data.tokenizer import tiny_tokenizer
+from segros.objectives import i2t_nll, masked_token_nll
 
 # UniversalPrompting's order: '[PAD]' (named <|pad|> in sptids_dict) first, then the nine task tokens
 SPECIAL_TOKENS = ["<|pad|>", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>",
@@ -460,8 +372,6 @@ class Showo(CaptionDropout, Backbone):
     def t2i_loss(self, batch: Mapping[str, torch.Tensor], supervision: Any, hints: torch.Tensor | None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Eq. 15: NLL of the true codes at the masked positions of the grounded corrupted input."""
-        from segros.objectives import masked_token_nll
-
         for key in ("pixels", "input_ids", "attention_mask"):
             if key not in batch:
                 raise ValueError(f"batch is missing {key!r}")
@@ -502,8 +412,6 @@ class Showo(CaptionDropout, Backbone):
 
     def i2t_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Shifted NLL of the answer tokens of :meth:`i2t_sequence` (``Showo.forward``'s ``loss_mmu``)."""
-        from segros.objectives import i2t_nll
-
         embeds, mask, labels = self.i2t_sequence(batch)
         b, s = labels.shape
         pos = torch.arange(s, device=self.device)[None].expand(b, -1)
@@ -653,7 +561,6 @@ def build_showo(size: str = "256", tokenizer=None, llm_path: str | None = None, 
     cfg = replace(SIZES[size], **overrides)
     if tokenizer is None:
         if size == "tiny" and llm_path is None:
-            from segros.backbones.harmon import tiny_tokenizer
             tokenizer = tiny_tokenizer(["user assistant USER: ASSISTANT:"])
         elif llm_path is None:
             raise ValueError(f"llm_path (Phi-1.5 / Show-o tokenizer folder or hub id) is needed for size {size!r}; "

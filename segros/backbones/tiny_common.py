@@ -14,8 +14,8 @@ Conventions used by both (written down here):
 * Classifier-free guidance: during training (``self.training``) each T2I sample's prompt is
   replaced with the empty prompt ``[BOS][EOS]`` with probability ``cfg_drop_prob`` (torch's
   global RNG, so the training loop's seed fixes it); hints are kept.
-* :meth:`alignment_loss` is the documented *alignment stage* of base pretraining (issue 4
-  item 3): a from-scratch model has no text–patch alignment at the input level, which real UMMs
+* :meth:`alignment_loss` is the *alignment stage* of base pretraining (``docs/conventions.md``,
+  "The shared base"): a from-scratch model has no text–patch alignment at the input level, which real UMMs
   inherit from their pretrained encoders. It is FILIP (Yao et al. 2021) with three changes,
   each measured with ``benchmarks/bench_grounding_quality.py`` (plain FILIP drove the top-30%
   hints *below* chance, recall ≈ 0.2, because of the first two shortcuts below):
@@ -49,9 +49,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -220,7 +219,7 @@ class TinyBackbone(Backbone):
         self.train(was_training)
         return answers
 
-    # ---- alignment stage of base pretraining (issue 4 item 3) --------------------------------
+    # ---- alignment stage of base pretraining ---------------------------------------------------
     def shared_words(self, input_ids: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
         """[B, L] bool: valid tokens whose id occurs in more than ``align_shared_frac`` of the captions."""
         b = input_ids.shape[0]
@@ -287,7 +286,3 @@ class TinyBackbone(Backbone):
         model = cls(cls.config_cls(**saved["config"]), load_text_tokenizer(os.path.join(folder, "tokenizer")))
         load_model(model, os.path.join(folder, "model.safetensors"))
         return model.eval()
-
-
-def as_numpy_images(images: Sequence[Any]) -> list[np.ndarray]:
-    return [np.asarray(im) for im in images]
