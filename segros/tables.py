@@ -1,31 +1,37 @@
-"""Which runs make up each of the paper's tables, at small scale and at paper scale.
+"""Which runs make up each of the paper's tables, at small scale and at paper scale, and the claims.
 
 A table is a list of rows; a row is a label (the paper's row key in :mod:`segros.paper`) and the
-training-config overrides that produce it. ``method=None`` means "w/o SFT": the start checkpoint
-evaluated without fine-tuning. The notebooks call :func:`reproduce` with their parameters; every
-run goes through the run store (:mod:`segros.runs`), so a run one table needs and another table
-already made is reused, and ``papermill ... -p eta 0.3`` adds one row to Table 3.
+training-config overrides that produce it; ``method="none"`` is the "w/o SFT" row: the start
+checkpoint evaluated without fine-tuning. The notebooks call :func:`reproduce` with their
+parameters; every run goes through the run store (:mod:`segros.store`, :mod:`segros.pipeline`), so
+a run one table needs and another table already made is reused, and ``papermill ... -p eta 0.3``
+adds one row to Table 3. A table built over damaged store entries carries them in
+``.attrs["damaged"]``; :func:`damage_note` says so beside the table.
 
 The paper runs every ablation (Tables 3–6, 9) on Harmon-0.5B and Table 8 on Harmon-1.5B (§4.4,
 Table 8 caption); at small scale they run on ``tiny-harmon``. Table 1 runs on every backbone of
-the preset (``tiny-harmon`` and ``tiny-showo`` at small scale).
+the preset (:func:`table1_presets`: ``tiny-harmon`` and ``tiny-showo`` for ``small``).
+``python -m segros.tables`` prints the claims table (:func:`claims_table`).
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import paper
+from segros import paper, pipeline, store
+from segros.presets import get_preset
+from segros.stats import difference, row_stats, summarize, verdict
 
 
 @dataclass(frozen=True)
 class Row:
     label: str                         # the paper's row key (segros.paper.rows(table))
-    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; method None = w/o SFT
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; method "none" = w/o SFT
     sweep_value: Any = None            # the swept parameter's value, for notebooks that take -p
 
 
@@ -67,7 +73,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 _MAIN = (
-    Row("w/o SFT", {"method": None}),
+    Row("w/o SFT", {"method": "none"}),
     Row("SFT", {"method": "sft"}),
     Row("Reca", {"method": "reca"}),
     Row("Ours", {"method": "segros"}),
@@ -97,7 +103,7 @@ TABLES: dict[str, TableSpec] = {
         Row("Ours (drop-loss)", {"method": "segros", "loss_on": "top_masked"}),
     ), paper_columns=("GenEval", "DPGBench")),
     "table8": TableSpec("table8", "Table 8: noise scale α of the grounding map", (
-        Row("w/o SFT", {"method": None}),
+        Row("w/o SFT", {"method": "none"}),
         Row("SFT", {"method": "sft"}),
         Row("Ours (alpha=0)", {"method": "segros", "alpha": 0.0}, 0.0),
         Row("Ours (alpha=0.5)", {"method": "segros", "alpha": 0.5}, 0.5),
@@ -116,30 +122,33 @@ SMALL_METRIC = {"GenEval": "overall", "Single": "single_object", "Two": "two_obj
                 "Color": "colors", "Position": "position", "Attr.": "color_attr"}
 
 
+# the paper backbone a small preset's tiny family stands in for (Table 1; README)
+STAND_IN = {"tiny-harmon": "harmon-0.5b", "tiny-showo": "showo-256"}
+# Table 1 runs every backbone of a preset; the other tables run the preset itself
+TABLE1_PRESETS = {"small": ("small", "small-showo")}
+
+
+def table1_presets(preset: str) -> tuple[str, ...]:
+    """The presets Table 1 runs for ``preset``: ``small`` -> ``small`` (tiny-harmon) and ``small-showo``
+    (tiny-showo); any other preset is itself."""
+    get_preset(preset)  # raises on an unknown preset
+    return TABLE1_PRESETS.get(preset, (preset,))
+
+
+def paper_backbone(preset: str) -> str:
+    """The backbone of the paper's Table 1 that ``preset`` is compared with, e.g. "Harmon-0.5B"."""
+    key = get_preset(preset).backbone
+    key = STAND_IN.get(key, key)
+    if key not in paper.TABLE1_BACKBONE_OF:
+        raise ValueError(f"preset {preset!r}: no paper backbone to compare its backbone {key!r} with; "
+                         f"known: {sorted(paper.TABLE1_BACKBONE_OF) + sorted(STAND_IN)}")
+    return paper.TABLE1_BACKBONE_OF[key]
+
+
 def get_table(name: str) -> TableSpec:
     if name not in TABLES:
         raise ValueError(f"table: unknown {name!r}; choose from {sorted(TABLES)}")
     return TABLES[name]
-
-
-def summarize(long: pd.DataFrame, value_columns: Sequence[str], by: str = "row",
-              order: Sequence[str] | None = None, decimals: int = 1) -> pd.DataFrame:
-    """Mean and sample standard deviation over seeds of each value column, one line per row.
-
-    ``long`` has one line per run (columns ``row``, ``seed`` and the values). Returns columns
-    ``<col>`` (mean), ``<col> sd`` and ``n`` (runs), rounded so printed tables compare exactly.
-    """
-    if long.empty:
-        return pd.DataFrame(columns=[*value_columns, *(f"{c} sd" for c in value_columns), "n"])
-    g = long.groupby(by, sort=False)
-    out = pd.DataFrame({c: g[c].mean() for c in value_columns})
-    for c in value_columns:
-        out[f"{c} sd"] = g[c].std(ddof=1) if g.size().max() > 1 else np.nan
-    out["n"] = g.size()
-    if order is not None:
-        out = out.reindex([o for o in order if o in out.index])
-    out.index.name = by
-    return out.round(decimals)
 
 
 def paper_frame(name: str, backbone: str | None = None) -> pd.DataFrame:
@@ -158,11 +167,8 @@ def paper_frame(name: str, backbone: str | None = None) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- running a table
 def row_config(spec: TableSpec, row: Row, preset: str = "small", seed: int = 0, **overrides):
     """The TrainConfig of one cell: the preset, the notebook's overrides, then the row's switches."""
-    from .presets import get_preset
-
     fields = {**overrides, **row.overrides}
-    fields["method"] = fields.get("method") or "none"
-    if fields["method"] == "none":
+    if fields.get("method") == "none":
         seed = 0  # the start checkpoint does not depend on the fine-tuning seed
     return get_preset(preset).replace(**fields, seed=seed)
 
@@ -174,38 +180,72 @@ def _metrics(results: dict, metric: str) -> dict[str, float]:
     return {k: float(v) for k, v in g.items() if isinstance(v, (int, float)) and k != "n_images"}
 
 
+def row_seeds(row: Row, seeds: Sequence[int]) -> list[int]:
+    """The seeds a row runs: every fine-tuning seed, one run for "w/o SFT" (it does not train)."""
+    return list(dict.fromkeys(seeds if row.overrides.get("method") != "none" else seeds[:1]))
+
+
 def reproduce(table: str, preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_dir: str = "runs",
-              values: Any = None, run_missing: bool = True, progress: bool = True, **overrides) -> pd.DataFrame:
+              values: Any = None, run_missing: bool = True, progress: bool = True,
+              index: store.StoreIndex | None = None, **overrides) -> pd.DataFrame:
     """Train/evaluate the rows of ``table`` that are missing from the store; return every row it holds.
 
     ``values`` restricts the rows to run (a notebook's ``-p eta 0.3``); the returned long table
     still holds every row of the table that the store has for this preset and these seeds, so
     one papermill call adds one row and the notebook shows the whole table so far. One line per
     run: ``row``, ``seed``, ``run`` (its folder) and the metrics (GenEval tags + ``overall`` in
-    percent, or ``qa_*`` for Table 2).
+    percent, or ``qa_*`` for Table 2). The store's damaged entries are in ``.attrs["damaged"]``
+    (:func:`segros.store.scan`; pass ``index`` to reuse one scan for several tables).
     """
-    from . import runs
-
     spec = get_table(table)
     wanted = {r.label for r in spec.select(values)}
-    index = runs.index_finished(runs_dir)  # one scan of the store for every row and seed
+    index = store.scan(runs_dir) if index is None else index  # one scan of the store for every row and seed
     records = []
     for row in spec.rows:
-        for seed in dict.fromkeys(seeds if row.overrides.get("method") else seeds[:1]):
+        for seed in row_seeds(row, seeds):
             config = row_config(spec, row, preset, seed, **overrides)
-            run_dir = runs.find_finished(runs_dir, config, index)
+            run_dir = index.find(config)
             if run_dir is not None:
-                results = runs.read_json(f"{run_dir}/results.json")
+                results = store.read_entry(run_dir)[1]
             elif run_missing and row.label in wanted:
-                results = runs.run(config, runs_dir, table, progress=progress)
+                results = pipeline.ensure_run(config, runs_dir, table, progress=progress)
                 run_dir = f"{runs_dir}/{table}/{results['name']}"
             else:
                 continue
             records.append({"row": row.label, "seed": seed, "run": run_dir, **_metrics(results, spec.metric)})
-    if not records:  # an empty store still gives the table's columns
+    if records:
+        long = pd.DataFrame(records)
+    else:  # an empty store still gives the table's columns
         cols = ["row", "seed", "run"] + (["qa_overall"] if spec.metric == "qa" else list(SMALL_METRIC.values()))
-        return pd.DataFrame({c: pd.Series(dtype=object if c in ("row", "run") else float) for c in cols})
-    return pd.DataFrame(records)
+        long = pd.DataFrame({c: pd.Series(dtype=object if c in ("row", "run") else float) for c in cols})
+    long.attrs["damaged"] = list(index.damaged)
+    return long
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.1f}", index: bool = True) -> str:
+    """A GitHub markdown table (no extra dependency); NaN prints as an empty cell."""
+
+    def fmt(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else floatfmt.format(v)
+        return str(v)
+
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for key, row in df.iterrows():
+        cells = ([str(key)] if index else []) + [fmt(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def damage_note(long: pd.DataFrame) -> str:
+    """What to print beside a table built from ``long``: every damaged store entry, or ""."""
+    damaged = long.attrs.get("damaged") or []
+    if not damaged:
+        return ""
+    lines = [f"built over a damaged store: {len(damaged)} entr{'y' if len(damaged) == 1 else 'ies'} "
+             "could not be read (a row may lack runs):"]
+    return "\n".join(lines + [f"  {d}" for d in damaged])
 
 
 def paper_vs_small(table: str, long: pd.DataFrame, backbone: str | None = None,
@@ -252,24 +292,6 @@ CLAIMS: tuple[SmallClaim, ...] = (
 )
 
 
-def verdict(diffs: Sequence[tuple[float, float]], k: float = 2.0) -> str:
-    """How a small-scale comparison reads, from (mean difference, its standard error) pairs.
-
-    "reproduces" needs every difference above ``k`` standard errors (k = 2: roughly a 95% one-sided
-    normal test, generous with 3 seeds); "contradicted" needs one below −k SE. Otherwise the
-    numbers are noise, and the label says whether they at least point the paper's way.
-    """
-    if not diffs:
-        return "not run"
-    if all(d > k * se for d, se in diffs):
-        return "reproduces"
-    if any(d < -k * se for d, se in diffs):
-        return "contradicted"
-    if all(d > 0 for d, _ in diffs):
-        return "same direction, within noise"
-    return "within noise"
-
-
 def claims_table(preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_dir: str = "runs",
                  metric: str = "overall") -> pd.DataFrame:
     """Each headline claim: the paper's GenEval numbers, the small-scale mean ± sd over seeds, a verdict.
@@ -277,13 +299,11 @@ def claims_table(preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_d
     Reads the store only (nothing is trained). The standard error of a difference of two means is
     sqrt(sd_a²/n_a + sd_b²/n_b); with one run a side it is 0 and the verdict is the sign alone.
     """
+    index = store.scan(runs_dir)
     lines = []
     for c in CLAIMS:
-        long = reproduce(c.table, preset=preset, seeds=seeds, runs_dir=runs_dir, run_missing=False)
-        stats = {}
-        if not long.empty:
-            g = long.groupby("row")[metric]
-            stats = {r: (g.mean()[r], g.std(ddof=1)[r] if g.size()[r] > 1 else 0.0, int(g.size()[r])) for r in g.size().index}
+        long = reproduce(c.table, preset=preset, seeds=seeds, runs_dir=runs_dir, run_missing=False, index=index)
+        stats = row_stats(long, metric)
         pf = paper_frame(c.table, c.paper_backbone)
         pcol = "GenEval"
         paper_txt = f"{pf.loc[c.row, pcol]:g} vs " + ", ".join(f"{pf.loc[o, pcol]:g}" for o in c.others)
@@ -297,30 +317,29 @@ def claims_table(preset: str = "small", seeds: Sequence[int] = (0, 1, 2), runs_d
         small_txt = f"{fmt(c.row)} vs " + ", ".join(fmt(o) for o in c.others)
         diffs = []
         if c.row in stats and all(o in stats for o in c.others):
-            m, sd, n = stats[c.row]
-            for o in c.others:
-                mo, sdo, no = stats[o]
-                diffs.append((m - mo, float(np.sqrt(sd ** 2 / n + sdo ** 2 / no))))
-        v = verdict(diffs)
+            diffs = [difference(stats[c.row], stats[o]) for o in c.others]
         n_runs = min([stats[r][2] for r in (c.row, *c.others) if r in stats], default=0)
         lines.append({"claim": c.sentence, "paper GenEval": paper_txt, "small GenEval (mean ± sd)": small_txt,
-                      "seeds": n_runs, "at small scale": v})
-    return pd.DataFrame(lines).set_index("claim")
+                      "seeds": n_runs, "at small scale": verdict(diffs)})
+    out = pd.DataFrame(lines).set_index("claim")
+    out.attrs["damaged"] = list(index.damaged)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m segros.tables [--runs-dir runs] [--preset small]``: the claims table as markdown."""
-    import argparse
-
-    from .viz import to_markdown
-
+    """``python -m segros.tables [--runs-dir runs] [--preset small]``: the claims table as markdown, and
+    every damaged store entry it could not read."""
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    print(to_markdown(claims_table(args.preset, seeds, args.runs_dir)), end="")
+    claims = claims_table(args.preset, seeds, args.runs_dir)
+    print(to_markdown(claims), end="")
+    note = damage_note(claims)
+    if note:
+        print("\n" + note)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from segros.tables import to_markdown  # noqa: E402
+
 _STABLE_METADATA = {
     "png": {"Software": None},
     "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
@@ -45,22 +47,6 @@ def save_figure(fig: plt.Figure, stem: str | Path, formats: Sequence[str] = ("pn
         paths.append(path)
     plt.close(fig)
     return paths
-
-
-def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.1f}", index: bool = True) -> str:
-    """A GitHub markdown table (no extra dependency); NaN prints as an empty cell."""
-
-    def fmt(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else floatfmt.format(v)
-        return str(v)
-
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for key, row in df.iterrows():
-        cells = ([str(key)] if index else []) + [fmt(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = "{:.1f}") -> tuple[Path, Path]:
@@ -230,3 +216,20 @@ def plot_rows(df: pd.DataFrame, x: str, y: str, hue: str | None = None, paper: M
                            label="paper" if i == 0 else None)
     ax.set_ylabel(ylabel or y)
     return ax
+
+
+def plot_beside_paper(long: pd.DataFrame, order: Sequence[str], paper_values: Sequence[float], title: str,
+                      y: str = "overall", ylabel: str = "shapes-world GenEval overall") -> plt.Figure:
+    """An ablation table as two panels: the paper's GenEval per row (left, Harmon) and the small-scale
+    mean ± sd over seeds of ``y`` per row (right, :func:`plot_rows`), rows in ``order``."""
+    fig, (ax_p, ax_s) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_p.plot(range(len(order)), np.asarray(paper_values), "o-", color="black")
+    ax_p.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    ax_p.set_title("paper (Harmon)")
+    ax_p.set_ylabel("GenEval overall")
+    plot_rows(long, x="row", y=y, ax=ax_s, ylabel=ylabel)
+    ax_s.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    ax_s.set_xlabel("")
+    ax_s.set_title("small scale (mean ± sd over seeds)")
+    fig.suptitle(title, fontsize=10)
+    return fig

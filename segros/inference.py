@@ -1,6 +1,6 @@
-"""Generate and score (issue 4 item 6): GenEval-rule scores and question-answer accuracy of a run.
+"""Inference: generate, answer and score one model (GenEval rules, question answering).
 
-Generation (paper §4, GenEval [14]; Table 1 columns): for each of ``config.eval_prompts`` shapes-world
+Generation (paper §4, GenEval; Table 1 columns): for each of ``config.eval_prompts`` shapes-world
 GenEval prompts (``ShapesWorld.geneval_metadata``, tags in GenEval's proportions) and each seed of
 ``config.eval_seeds``, ``backbone.generate([prompt, ...], seed)`` — unchanged inference, SeGroS
 adds nothing at test time — writes GenEval's layout (``<run>/geneval/<%05d>/samples/<%05d>.png``),
@@ -13,7 +13,8 @@ view of the *eval* split, exact-match accuracy per kind (color, count, position,
 Conventions: scores are percentages (0–100) as the paper prints them; prompts are generated in
 chunks of ``batch_size`` with the seed fixed per chunk (``generate(chunk, seed)``), so an image depends
 on its prompt, its seed and its chunk position only through the family's sampler; answers are
-compared after lower-casing and stripping.
+compared after lower-casing and stripping; inference runs in the precision training used
+(:func:`segros.presets.autocast`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from segros.eval.geneval import TAGS, score_layout, write_layout
+from segros.backbones.registry import check_backbone
+from segros.data.shapes import ShapesWorld
+from segros.eval.geneval import score_layout, write_layout
+from segros.eval.shapes_detector import detect
+from segros.presets import autocast
+from segros.vocab import TAGS
 
 
 def as_uint8(image):
@@ -76,15 +82,11 @@ def qa_scores(backbone, qa, batch_size=32, progress=True):
 
 def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=True):
     """GenEval-rule scores (six tags + overall) and QA accuracy of ``backbone``; see the module docstring."""
-    from segros.train import check_backbone
-
     check_backbone(backbone, config, training=False)
     if world is None:
-        from segros.data.shapes import ShapesWorld
-
         world = ShapesWorld(image_size=config.image_size, seed=config.world_seed)
     if detector is None:
-        from segros.eval.shapes_detector import detect as detector
+        detector = detect
     was_training = backbone.training
     backbone.eval()
     try:
@@ -95,17 +97,12 @@ def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=T
 
 
 def eval_autocast(backbone, config):
-    """Inference in the precision training used: bf16/fp16 autocast where ``config.precision``
-    resolves to it (``"auto"``: bf16 on a GPU, as the official scripts generate in bf16), else a
-    no-op (fp32 on a CPU, so the committed small results are unchanged)."""
-    from segros.train import resolve_precision
-
-    precision = resolve_precision(config.precision)
+    """Inference in the precision training used (``config.precision``; ``"auto"``: bf16 on a GPU, as
+    the official scripts generate in bf16, fp32 on a CPU), on the device of the backbone's weights."""
     param = next(iter(backbone.parameters()), None) if hasattr(backbone, "parameters") else None
-    if precision not in ("bf16", "fp16") or param is None:
+    if param is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(param.device.type, dtype=dtype)
+    return autocast(config.precision, param.device.type)
 
 
 def _evaluate(backbone, config, run_dir, world, detector, progress):
