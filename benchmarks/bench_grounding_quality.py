@@ -1,4 +1,4 @@
-"""Grounding quality of the tiny families before / after base pretraining (issue 4 item 3),
+"""Grounding quality of the tiny families before / after base pretraining (the alignment stage),
 and how much GenEval accuracy survives the tiny image tokenizers' round trip.
 
     .venv/bin/python benchmarks/bench_grounding_quality.py                 # both parts, defaults

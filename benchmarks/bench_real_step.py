@@ -1,4 +1,4 @@
-"""One training step of each real backbone at the real shapes, random weights (issue 6, "Measure").
+"""One training step of each real backbone at the real shapes, random weights (README, "Real backbones").
 
 Families (Table 7 micro-batch = the preset's ``batch_size``, samples per micro-batch; ``accum`` =
 its gradient accumulation): Show-o-256 (4, ×5), Show-o-512 (2, ×20), Harmon-0.5B (96, ×2),

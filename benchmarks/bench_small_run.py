@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from segros import evaluate, runs, train  # noqa: E402
+from segros import inference, pipeline, store  # noqa: E402
 from segros.presets import get_preset  # noqa: E402
 
 
@@ -34,21 +34,21 @@ def main():
     print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, runs in {runs_dir}", file=sys.stderr)
 
     t = time.time()
-    base = runs.ensure_base(config, runs_dir, progress=False)
+    base = pipeline.ensure_base(config, runs_dir, progress=False)
     base_s = time.time() - t
-    print(f"base pretraining ({runs.base_config(config).max_steps} steps): {base_s:.1f} s -> {base}")
+    print(f"base pretraining ({pipeline.base_config(config).max_steps} steps): {base_s:.1f} s -> {base}")
 
     rows = []
     for method in args.methods.split(","):
         cfg = config.replace(method=method)
-        out = os.path.join(runs_dir, "bench", runs.run_name(cfg))
+        out = os.path.join(runs_dir, "bench", store.run_name(cfg))
         t = time.time()
-        model = train.train(cfg, out, progress=False)
+        model = pipeline.train_run(cfg, out, runs_dir, progress=False)
         train_s = time.time() - t
         t = time.time()
-        res = evaluate.evaluate(model, cfg, out, progress=False)
+        res = inference.evaluate(model, cfg, out, progress=False)
         eval_s = time.time() - t
-        loss = runs.read_metrics(out)
+        loss = store.read_metrics(out)
         rows.append((method, cfg.max_steps, train_s, eval_s, loss[0]["loss_t2i"], loss[-1]["loss_t2i"],
                      res.get("geneval", {}).get("overall", float("nan")), res.get("qa", {}).get("overall", float("nan"))))
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from segros import runs, tables
+from segros import pipeline, store, tables
 
 PLAN = [("table1", "small"), ("table1", "small-showo"), ("table3", "small"), ("table5", "small"),
         ("table4", "small"), ("table8", "small"), ("table6", "small"), ("table9", "small")]
@@ -29,10 +29,10 @@ def jobs(seeds=(0, 1, 2)):
     for table, preset in PLAN:
         spec = tables.get_table(table)
         for row in spec.rows:
-            for seed in (seeds if row.overrides.get("method") else seeds[:1]):
+            for seed in tables.row_seeds(row, seeds):
                 cfg = tables.row_config(spec, row, preset, seed)
-                if runs.config_hash(cfg) not in seen:
-                    seen.add(runs.config_hash(cfg))
+                if store.config_hash(cfg) not in seen:
+                    seen.add(store.config_hash(cfg))
                     out.append((table, preset, row.label, seed, cfg))
     return out
 
@@ -49,10 +49,10 @@ def main():
     print(f"{len(todo)} runs in all; this process takes every {args.nshards}-th from #{args.shard}", flush=True)
     times: dict[str, list[float]] = {}
     for i, (table, preset, label, seed, cfg) in enumerate(todo):
-        if i % args.nshards != args.shard or runs.find_finished(args.runs_dir, cfg):
+        if i % args.nshards != args.shard or store.scan(args.runs_dir, quiet=True).find(cfg):
             continue
         t = time.time()
-        res = runs.run(cfg, args.runs_dir, table, progress=False)
+        res = pipeline.ensure_run(cfg, args.runs_dir, table, progress=False)
         dt = time.time() - t
         times.setdefault(cfg.backbone, []).append(dt)
         print(f"{table} {preset} {label!r} seed={seed}: GenEval {res['geneval']['overall']:.1f}, "

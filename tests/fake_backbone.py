@@ -5,7 +5,7 @@ a CRC hash, so no vocabulary file is needed. The model:
 
 - ``embed_text``: an embedding table;
 - ``embed_image``: patch linear projection + a learned positional embedding (hints therefore carry
-  positional information, as DESIGN.md asks);
+  positional information, as the protocol in segros.backbones.base asks);
 - ``t2i_loss``: a one-layer transformer over [hints][text][corrupted patches] that regresses the
   masked patches' pixels, weighted by ``supervision.loss_weight`` (Σ w ℓ / Σ w);
 - ``i2t_loss``: next-token cross-entropy of the answer given the pooled image and the question;

@@ -1,4 +1,4 @@
-"""Grounding-quality metric (issue 4 item 3): recall / precision of the top-⌊ηN⌋ hints."""
+"""Grounding-quality metric (segros.eval.grounding_quality): recall / precision of the top-⌊ηN⌋ hints."""
 
 import numpy as np
 import pytest
@@ -114,7 +114,7 @@ def test_object_coverage_on_a_grid_that_does_not_divide_the_image():
 
 
 def test_alignment_stage_points_the_map_at_the_objects():
-    """Issue 4 item 3: a short alignment stage (tiny_common.alignment_loss) lifts the top-30% hint
+    """A short alignment stage of base pretraining (tiny_common.alignment_loss) lifts the top-30% hint
     recall of an untrained tiny-showo far above chance (≈ 0.28), with the paper's "both" filter."""
     from segros.backbones import build_backbone
 

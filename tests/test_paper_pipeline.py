@@ -2,18 +2,18 @@
 
 What a researcher with a GPU runs first (README, "Real backbones")::
 
-    python -m segros.train --preset paper-harmon-0.5b --method segros --out runs/harmon05 --evaluate \\
+    python -m segros.train --preset paper-harmon-0.5b --method segros --out out/harmon05 --evaluate \\
         --set backbone_kwargs='{"checkpoint": ..., "vae_checkpoint": ..., "llm_path": ...}'
 
-goes through the registry (``segros.backbones._real``: build the adapter, load the official
-checkpoint files), ``segros.train.train`` (accelerate, the optimizer without the preset's frozen
+goes through the registry (``segros.backbones.registry.real_builder``: build the adapter, load the
+official checkpoint files), ``segros.train.train`` (accelerate, the optimizer without the preset's frozen
 modules, the Table 7 micro-batch schedule with I2T, logging, checkpoints, exact resume) and
-``segros.evaluate`` (GenEval layout + scores on the shapes world). Here each family's tiny random
+``segros.inference`` (GenEval layout + scores on the shapes world). Here each family's tiny random
 adapter (``build_harmon("tiny")`` ...) is written in the official file layout (checkpoints.py's
 ``save_*``, plus the folders the loaders read, as the official ones are: the Qwen2.5-Instruct folder
 in bfloat16, the Phi tokenizer, a full ``CLIPModel`` folder, InternVL3 in its remote-code layout
 in bfloat16 (and "-hf"), SANA and DC-AE diffusers folders), registered as ``<family>-tiny`` with the
-same ``_real(family, size)`` builder the paper presets use, and the ``paper-<family>`` preset is run
+same ``real_builder(family, size)`` builder the paper presets use, and the ``paper-<family>`` preset is run
 with only its sizes shrunk (:data:`SHRUNK`): methods sft, reca, segros (reca_hint_filter on Show-o,
 whose hint and code grids differ), exact resume, bf16 autocast, the README's command line. Nothing
 is downloaded; about 15 s on 2 cores.
@@ -30,12 +30,14 @@ import torch
 from safetensors.torch import load_file
 
 from fake_backbone import Interrupt, stop_after, without_time
-from segros import runs
-from segros.backbones import REGISTRY, _real, build_backbone, load_backbone
+from segros import store
+from segros.backbones import REGISTRY, build_backbone, real_builder
 from segros.backbones import checkpoints as ckpt
 from segros.eval.geneval import TAGS, read_layout
 from segros.presets import get_preset
-from segros.train import main, train
+from segros.pipeline import ensure_run, open_run
+from segros.train import train
+from segros.train.__main__ import main
 
 PRESET = {"harmon": "paper-harmon-0.5b", "showo": "paper-showo-256", "openuni": "paper-openuni-1.6b"}
 # modules no method may change: the preset's "Frozen Modules" (Table 7) plus each family's fixed tokenizers
@@ -105,7 +107,7 @@ def remote_internvl_folder(model, folder):
     from safetensors.torch import save_file
     from test_real_backbones import _tiny_remote_config  # the official config.json at tiny sizes
 
-    from segros.backbones.openuni import internvl_hf_to_remote
+    from segros.backbones.checkpoints import internvl_hf_to_remote
 
     remote = internvl_hf_to_remote(model.lmm.state_dict())
     remote["language_model.lm_head.weight"] = torch.zeros(len(model.tokenizer), model.cfg.llm_hidden)
@@ -147,11 +149,11 @@ def _write_official(family, model, d):
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
-    """family -> (reference state dict, backbone_kwargs); ``<family>-tiny`` registered with ``_real``."""
+    """family -> (reference state dict, backbone_kwargs); ``<family>-tiny`` registered with ``real_builder``."""
     cache = {}
     added = [n for n in (f"{f}-tiny" for f in PRESET) if n not in REGISTRY]
     for name in added:
-        REGISTRY[name] = _real(name.split("-")[0], "tiny")
+        REGISTRY[name] = real_builder(name.split("-")[0], "tiny")
 
     def get(family):
         if family not in cache:
@@ -204,12 +206,12 @@ RUNS = [(f, m) for f in PRESET for m in ("sft", "reca", "segros")] + [("showo", 
 def test_paper_preset_trains_evaluates_and_reopens(official, tmp_path, family, method):
     ref, kwargs = official(family)
     cfg = paper_config(family, method, kwargs)
-    res = runs.run(cfg, str(tmp_path), "paper", progress=False)
+    res = ensure_run(cfg, str(tmp_path), "paper", progress=False)
     run_dir = os.path.join(str(tmp_path), "paper", res["name"])
-    assert len(res["name"]) <= runs.MAX_NAME and res["hash"] == runs.config_hash(cfg)
+    assert len(res["name"]) <= store.MAX_NAME and res["hash"] == store.config_hash(cfg)
 
     # training: Table 7's micro-batch mix (no I2T for OpenUni, λ = 0), finite losses, every step logged
-    rows = runs.read_metrics(run_dir)
+    rows = store.read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert torch.isfinite(torch.tensor(r["loss_t2i"]))
@@ -237,11 +239,11 @@ def test_paper_preset_trains_evaluates_and_reopens(official, tmp_path, family, m
     assert native != cfg.image_size and all(im.shape == (native, native, 3) for _, images in layout for _, im in images)
 
     # reopening: the finished run is reused, and train() hands back the trained weights without a step
-    assert runs.run(cfg, str(tmp_path), "paper", progress=False) == res
+    assert ensure_run(cfg, str(tmp_path), "paper", progress=False) == res
     model = train(cfg, run_dir, hook=never, progress=False)
     assert all(torch.equal(v.cpu(), final[k]) for k, v in model.state_dict().items())
-    # ... and so does load_backbone, from the run folder alone (its config.json names everything)
-    reopened = load_backbone(run_dir)
+    # ... and so does open_run, from the run folder alone (its config.json names everything)
+    reopened = open_run(run_dir)
     assert type(reopened) is type(model) and not reopened.training
     assert all(v.dtype == final[k].dtype and torch.equal(v, final[k]) for k, v in reopened.state_dict().items())
 
@@ -261,7 +263,7 @@ def test_harmon_reca_baseline_in_recas_layout_trains(official, tmp_path, monkeyp
     n = model.target_grid_hw[0] * model.target_grid_hw[1] + model.cfg.buffer_size
     assert placed and set(placed) == {(n, len(model._encode("<|im_start|>user\\n")))}, placed
     assert model.cfg.hint_layout == "reca" and model.cfg.image_attention == "native"
-    rows = runs.read_metrics(str(tmp_path))
+    rows = store.read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss_t2i"])) for r in rows)
     state = model.state_dict()
     assert not torch.equal(state["proj_in.0.weight"].cpu(), ref["proj_in.0.weight"])
@@ -278,15 +280,15 @@ def test_paper_preset_resumes_exactly(official, tmp_path, family):
     train(cfg, a, progress=False)
     with pytest.raises(Interrupt):
         train(cfg, b, hook=stop_after(1), progress=False)
-    assert runs.has_checkpoint(b) and not os.path.exists(os.path.join(b, "model.safetensors"))
-    mid = load_file(os.path.join(b, runs.CHECKPOINT, "model.safetensors"))  # an unfinished run reopens too
-    assert all(torch.equal(v, mid[k]) for k, v in load_backbone(b).state_dict().items())
+    assert store.has_checkpoint(b) and not os.path.exists(os.path.join(b, "model.safetensors"))
+    mid = load_file(os.path.join(b, store.CHECKPOINT, "model.safetensors"))  # an unfinished run reopens too
+    assert all(torch.equal(v, mid[k]) for k, v in open_run(b).state_dict().items())
     torch.manual_seed(99)  # the resumed process's randomness must come from the checkpoint
     train(cfg, b, progress=False)
     wa, wb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert not [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert without_time(runs.read_metrics(a)) == without_time(runs.read_metrics(b))
+    assert without_time(store.read_metrics(a)) == without_time(store.read_metrics(b))
 
 
 # ---- bf16 autocast (what "auto" gives on a GPU) ---------------------------------------------------
@@ -295,8 +297,8 @@ def test_paper_preset_resumes_exactly(official, tmp_path, family):
 def test_paper_preset_under_bf16_autocast(official, tmp_path, family):
     _, kwargs = official(family)
     cfg = paper_config(family, "segros", kwargs, precision="bf16")
-    res = runs.run(cfg, str(tmp_path), "paper", progress=False)
-    rows = runs.read_metrics(os.path.join(str(tmp_path), "paper", res["name"]))
+    res = ensure_run(cfg, str(tmp_path), "paper", progress=False)
+    rows = store.read_metrics(os.path.join(str(tmp_path), "paper", res["name"]))
     assert [r["step"] for r in rows] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert res["geneval"]["n_images"] == N_PROMPTS * len(SEEDS)
 
@@ -304,7 +306,7 @@ def test_paper_preset_under_bf16_autocast(official, tmp_path, family):
 @pytest.mark.parametrize("precision,expect", [("bf16", torch.bfloat16), ("fp32", None)])
 def test_evaluation_generates_in_the_training_precision(official, tmp_path, monkeypatch, precision, expect):
     # the official scripts generate in bf16; a bf16 run evaluates under bf16 autocast, fp32 stays fp32
-    from segros import evaluate
+    from segros import inference
 
     _, kwargs = official("harmon")
     cfg = paper_config("harmon", "segros", kwargs, precision=precision)
@@ -316,7 +318,7 @@ def test_evaluation_generates_in_the_training_precision(official, tmp_path, monk
         seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
         return real(self, prompts, seed=seed, **kw)
     monkeypatch.setattr(type(model), "generate", spy)
-    res = evaluate.evaluate(model, cfg, str(tmp_path), progress=False)
+    res = inference.evaluate(model, cfg, str(tmp_path), progress=False)
     assert seen and set(seen) == {expect}
     assert res["geneval"]["n_images"] == N_PROMPTS * len(SEEDS)
 
@@ -334,10 +336,10 @@ def test_paper_command_line(official, tmp_path, capsys):
             "--set", "ckpt_every=1"]
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
     expected = paper_config("harmon", "segros", kwargs)
-    assert json.loads((tmp_path / "harmon05" / "config.json").read_text())["hash"] == runs.config_hash(expected)
+    assert json.loads((tmp_path / "harmon05" / "config.json").read_text())["hash"] == store.config_hash(expected)
     res = json.loads((tmp_path / "harmon05" / "results.json").read_text())
     assert set(TAGS) | {"overall", "n_images"} == set(res["geneval"])
-    assert [r["step"] for r in runs.read_metrics(out)] == [1, 2]
+    assert [r["step"] for r in store.read_metrics(out)] == [1, 2]
     # the same command again reopens the finished run: no training, the same weights, the same scores
     weights = (tmp_path / "harmon05" / "model.safetensors").read_bytes()
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
@@ -352,19 +354,17 @@ def test_paper_command_line(official, tmp_path, capsys):
     ("openuni", "3.6b", {"mllm_path": "/i"}, ["sana_path", "dcae_path"]),
 ])
 def test_paper_backbone_names_the_parts_that_would_stay_random(family, size, given, missing, monkeypatch):
-    from segros.backbones import _real
-
     if not missing:  # everything named: the build goes on to load (here: stopped at the loader)
-        from segros.backbones import harmon
+        from segros.backbones import registry
 
         def stop(*a, **k):
             raise RuntimeError("loader reached")
-        monkeypatch.setattr(harmon, "build_harmon", stop)
+        monkeypatch.setattr(registry, "build_harmon", stop)
         with pytest.raises(RuntimeError, match="loader reached"):
-            _real(family, size)(checkpoint="wusize/harmon", **given)
+            real_builder(family, size)(checkpoint="wusize/harmon", **given)
         return
     with pytest.raises(ValueError) as err:
-        _real(family, size)(checkpoint="/ckpt/official.pth", **given)
+        real_builder(family, size)(checkpoint="/ckpt/official.pth", **given)
     msg = str(err.value)
     for part in missing:
         assert part in msg
@@ -377,8 +377,6 @@ def test_paper_backbone_names_the_parts_that_would_stay_random(family, size, giv
     ("harmon", dict(eval_qa=4), "no answer"),  # the real adapters have no QA head
 ])
 def test_unsupported_requests_fail_before_training(official, tmp_path, family, override, message):
-    from segros.train import train
-
     _, kwargs = official(family)
     cfg = dataclasses.replace(paper_config(family, "segros", kwargs), **override)
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,4 @@
-"""Tiny random versions of the real families (issue 6): losses, generation, key names, checkpoints.
+"""Tiny random versions of the real families (docs/adapters/): losses, generation, key names, checkpoints.
 
 Expected key names were read from the official code (wusize/Harmon ``src/models/harmon.py``,
 ``src/models/mar/{mar,vae,diffloss}.py``, timm 0.9 ``Block``, transformers ``Qwen2ForCausalLM``)
@@ -16,7 +16,8 @@ import torch
 
 from segros.backbones import checkpoints as ckpt
 from segros.backbones._mar import cosine_betas, respaced_steps, sample_tokens
-from segros.backbones.harmon import IMAGE_TOKEN_INDEX, build_harmon, tiny_tokenizer
+from segros.backbones.harmon import IMAGE_TOKEN_INDEX, build_harmon
+from segros.data.tokenizer import tiny_tokenizer
 from segros.supervision import Supervision
 
 # ---- official key names (Harmon) ---------------------------------------------------------------
@@ -335,10 +336,11 @@ def test_harmon_hint_layouts_sequence_and_mask(harmon, tok):
         reca = build_harmon("tiny", tokenizer=tok, hint_layout="reca", image_attention=attention)
         reca.load_state_dict(harmon.state_dict())
         reca.eval()
-        full = reca.embed_image(batch["pixels"]).z_image
-        buffer = full._reca_buffer
-        torch.testing.assert_close(full, harmon.embed_image(batch["pixels"]).z_image)
-        for h, expect in ((hints, hints), (full, torch.cat([full, buffer], 1))):  # a subset; Reca's full prompt
+        visual = reca.embed_image(batch["pixels"])
+        full, buffer = visual.image_prompt(), visual.extra
+        torch.testing.assert_close(visual.z_image, harmon.embed_image(batch["pixels"]).z_image)
+        assert harmon.embed_image(batch["pixels"]).extra is None  # "prepend": the grid tokens only
+        for h, expect in ((hints, hints), (full, full)):  # a subset; Reca's full prompt (grid, then buffer)
             seen, loss = _llm_inputs(reca, batch, sup, h)
             nh = expect.shape[1]
             torch.testing.assert_close(seen["inputs_embeds"], torch.cat([text[:, :slot], expect, text[:, slot:], z_enc],
@@ -368,11 +370,12 @@ def test_harmon_reca_layout_trains_the_buffer_tokens(harmon, tok):
     reca.load_state_dict(harmon.state_dict())
     reca.eval()
     batch = _batch(reca)
-    full = reca.embed_image(batch["pixels"]).z_image
-    full.retain_grad()
-    full._reca_buffer.retain_grad()
-    reca.t2i_loss(batch, _supervision(_masked()), full, generator=torch.Generator().manual_seed(0)).backward()
-    assert full.grad.abs().sum() > 0 and full._reca_buffer.grad.abs().sum() > 0
+    visual = reca.embed_image(batch["pixels"])
+    visual.z_image.retain_grad()
+    visual.extra.retain_grad()
+    reca.t2i_loss(batch, _supervision(_masked()), visual.image_prompt(),
+                  generator=torch.Generator().manual_seed(0)).backward()
+    assert visual.z_image.grad.abs().sum() > 0 and visual.extra.grad.abs().sum() > 0
     reca.zero_grad()
 
 
@@ -1055,9 +1058,8 @@ def test_openuni_generate_and_checkpoint(openuni, tmp_path):
 from dataclasses import replace as replace_cfg  # noqa: E402
 
 from segros.backbones.openuni import SIZES as OPENUNI_SIZES  # noqa: E402
-from segros.backbones.openuni import (HINT, QUERY, TEXT, OpenUni, internvl_hf_to_remote,  # noqa: E402
-                                      internvl_remote_to_hf, is_remote_internvl, load_internvl,
-                                      openuni_attention_mask)
+from segros.backbones.checkpoints import internvl_hf_to_remote, internvl_remote_to_hf, is_remote_internvl  # noqa: E402
+from segros.backbones.openuni import HINT, QUERY, TEXT, OpenUni, load_internvl, openuni_attention_mask  # noqa: E402
 
 OPENUNI_PROMPTS = ["a red circle", "two blue squares"]
 
@@ -1363,7 +1365,7 @@ def _qwen_like_tokenizer(extra=(), eos_token=None):
 
 
 def test_read_recon_prompts_from_recas_consts_or_a_text_file(tmp_path):
-    from segros.backbones.base import read_recon_prompts
+    from segros.backbones.inputs import read_recon_prompts
     consts, txt = _recon_files(tmp_path)
     assert read_recon_prompts(consts) == RECON and read_recon_prompts(txt) == RECON
     (tmp_path / "other.py").write_text("X = 1\n")
@@ -1469,7 +1471,7 @@ def test_without_text_uses_recon_prompts_only_when_configured(tmp_path, harmon, 
 @pytest.mark.parametrize("method", ["reca", "reca_hint_filter"])
 def test_reca_baselines_condition_on_the_instruction_and_ground_with_the_caption(tmp_path, tok, monkeypatch,
                                                                                   method):
-    from segros import train as T
+    from segros.train import steps as T
     from segros.presets import TrainConfig
     path = tmp_path / "one.txt"
     path.write_text("a red circle left of a blue square\n")

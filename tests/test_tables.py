@@ -1,10 +1,11 @@
-"""segros.tables: which runs make each table, how the store is read back, the claim verdicts."""
+"""segros.tables and segros.stats: which runs make each table, how the store is read back (damage
+included), the claim verdicts."""
 
 import os
 
 import pytest
 
-from segros import paper, runs, tables
+from segros import paper, stats, store, tables
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -28,8 +29,8 @@ def test_row_configs_carry_the_switches():
     assert wo.method == "none" and wo.seed == 0  # the start checkpoint does not depend on the seed
     # Table 3's η = 0.3 row is Table 1's SeGroS row: the same config, so the same run
     t1 = tables.get_table("table1")
-    assert runs.config_hash(tables.row_config(t3, t3.row("30%"), seed=1)) == \
-        runs.config_hash(tables.row_config(t1, t1.row("Ours"), seed=1))
+    assert store.config_hash(tables.row_config(t3, t3.row("30%"), seed=1)) == \
+        store.config_hash(tables.row_config(t1, t1.row("Ours"), seed=1))
 
 
 def test_select_validates_and_keeps_reference_rows():
@@ -45,23 +46,23 @@ def test_select_validates_and_keeps_reference_rows():
         tables.get_table("table11")
 
 
-def _fake_run(store, table, config, overall):
+def _fake_run(runs_dir, table, config, overall):
     """A finished run as the store keeps it (config.json + results.json), without training."""
-    run_dir = os.path.join(store, table, runs.run_name(config))
-    runs.prepare(run_dir, config)
+    run_dir = os.path.join(runs_dir, table, store.run_name(config))
+    store.prepare(run_dir, config)
     g = {t: overall for t in TAGS}
     g["overall"] = overall
-    runs.atomic_write_json(os.path.join(run_dir, "results.json"),
-                           {"hash": runs.config_hash(config), "geneval": g, "qa": {"overall": 50.0}})
+    store.atomic_write_json(os.path.join(run_dir, "results.json"),
+                           {"hash": store.config_hash(config), "geneval": g, "qa": {"overall": 50.0}})
 
 
 def test_reproduce_reads_every_row_the_store_holds_across_tables(tmp_path):
-    store = str(tmp_path)
+    runs_dir = str(tmp_path)
     t1, t3 = tables.get_table("table1"), tables.get_table("table3")
     for seed, v in ((0, 10.0), (1, 14.0)):
-        _fake_run(store, "table1", tables.row_config(t1, t1.row("Ours"), seed=seed), v)  # = Table 3's 30%
-        _fake_run(store, "table3", tables.row_config(t3, t3.row("0%"), seed=seed), v - 4)
-    long = tables.reproduce("table3", seeds=(0, 1), runs_dir=store, run_missing=False)
+        _fake_run(runs_dir, "table1", tables.row_config(t1, t1.row("Ours"), seed=seed), v)  # = Table 3's 30%
+        _fake_run(runs_dir, "table3", tables.row_config(t3, t3.row("0%"), seed=seed), v - 4)
+    long = tables.reproduce("table3", seeds=(0, 1), runs_dir=runs_dir, run_missing=False)
     assert sorted(long["row"].unique()) == ["0%", "30%"]
     out = tables.paper_vs_small("table3", long)
     assert out.loc["30%", "small mean"] == 12.0 and out.loc["30%", "runs"] == 2
@@ -71,17 +72,17 @@ def test_reproduce_reads_every_row_the_store_holds_across_tables(tmp_path):
 
 
 def test_claim_verdicts(tmp_path):
-    assert tables.verdict([(2.5, 1.0), (3.0, 0.5)]) == "reproduces"
-    assert tables.verdict([(2.5, 1.0), (-3.0, 0.5)]) == "contradicted"
-    assert tables.verdict([(1.5, 1.0), (3.0, 0.5)]) == "same direction, within noise"
-    assert tables.verdict([(0.5, 1.0), (-0.1, 0.5)]) == "within noise"
-    assert tables.verdict([]) == "not run"
-    store = str(tmp_path)
+    assert stats.verdict([(2.5, 1.0), (3.0, 0.5)]) == "reproduces"
+    assert stats.verdict([(2.5, 1.0), (-3.0, 0.5)]) == "contradicted"
+    assert stats.verdict([(1.5, 1.0), (3.0, 0.5)]) == "same direction, within noise"
+    assert stats.verdict([(0.5, 1.0), (-0.1, 0.5)]) == "within noise"
+    assert stats.verdict([]) == "not run"
+    runs_dir = str(tmp_path)
     t1 = tables.get_table("table1")
     for seed in (0, 1, 2):
-        _fake_run(store, "table1", tables.row_config(t1, t1.row("Ours"), seed=seed), 20.0 + seed)
-        _fake_run(store, "table1", tables.row_config(t1, t1.row("SFT"), seed=seed), 10.0 + seed)
-    claims = tables.claims_table(runs_dir=store)
+        _fake_run(runs_dir, "table1", tables.row_config(t1, t1.row("Ours"), seed=seed), 20.0 + seed)
+        _fake_run(runs_dir, "table1", tables.row_config(t1, t1.row("SFT"), seed=seed), 10.0 + seed)
+    claims = tables.claims_table(runs_dir=runs_dir)
     row = claims.loc["SeGroS beats SFT (Table 1, Harmon-0.5B)"]
     assert row["at small scale"] == "reproduces" and row["seeds"] == 3
     assert row["paper GenEval"] == "81.5 vs 72.1"
@@ -92,13 +93,73 @@ def test_committed_store_holds_every_run_the_notebooks_need():
     """nbval runs the table notebooks at their defaults and must never train: every default run
     is in the committed store. A changed TrainConfig default changes the config hashes; then
     `make reproduce RUNS=runs` (or `python -m segros.notebooks ...`) refills the store."""
-    store = os.path.join(os.path.dirname(__file__), "..", "runs")
+    runs_dir = os.path.join(os.path.dirname(__file__), "..", "runs")
     for table, preset in (("table1", "small"), ("table1", "small-showo"), ("table2", "small"), ("table3", "small"),
                           ("table4", "small"), ("table5", "small"), ("table6", "small"), ("table8", "small"),
                           ("table9", "small")):
-        long = tables.reproduce(table, preset=preset, seeds=(0, 1, 2), runs_dir=store, run_missing=False)
+        long = tables.reproduce(table, preset=preset, seeds=(0, 1, 2), runs_dir=runs_dir, run_missing=False)
+        assert not long.attrs["damaged"], long.attrs["damaged"]
         spec = tables.get_table(table)
         for row in spec.rows:
             n = len(long[long["row"] == row.label])
-            want = 3 if row.overrides.get("method") else 1
+            want = len(tables.row_seeds(row, (0, 1, 2)))
             assert n == want, f"{table} ({preset}) row {row.label!r}: {n} of {want} runs in the store"
+
+
+def _small_store(runs_dir):
+    """Table 6's rows over three seeds, as finished runs."""
+    t6 = tables.get_table("table6")
+    for row, base in (("SFT", 5.0), ("Ours", 7.0), ("Ours (drop-loss)", 8.0)):
+        for seed in (0, 1, 2):
+            _fake_run(runs_dir, "table6", tables.row_config(t6, t6.row(row), seed=seed), base + seed)
+    return t6
+
+
+def test_a_table_over_a_damaged_store_names_every_damaged_entry(tmp_path, capsys):
+    """A truncated results.json and a missing config.json are reported by path beside the table (the
+    notebooks' note and `python -m segros.tables`); the rows they would have filled show fewer runs."""
+    runs_dir = str(tmp_path)
+    t6 = _small_store(runs_dir)
+    truncated = os.path.join(runs_dir, "table6", store.run_name(tables.row_config(t6, t6.row("Ours (drop-loss)"), seed=1)))
+    no_config = os.path.join(runs_dir, "table6", store.run_name(tables.row_config(t6, t6.row("SFT"), seed=2)))
+    with open(os.path.join(truncated, "results.json")) as f:
+        text = f.read()
+    with open(os.path.join(truncated, "results.json"), "w") as f:
+        f.write(text[:len(text) // 2])
+    os.remove(os.path.join(no_config, "config.json"))
+
+    long = tables.reproduce("table6", runs_dir=runs_dir, run_missing=False)
+    truncated, no_config = os.path.join(truncated, "results.json"), os.path.join(no_config, "config.json")
+    damaged = {d.path: d.error for d in long.attrs["damaged"]}
+    assert damaged.keys() == {truncated, no_config}
+    assert damaged[truncated].startswith("JSONDecodeError") and damaged[no_config] == "missing"
+    assert long.groupby("row").size().to_dict() == {"SFT": 2, "Ours": 3, "Ours (drop-loss)": 2}
+    note = tables.damage_note(long)
+    assert truncated in note and no_config in note and "2 entries" in note
+    assert truncated in capsys.readouterr().err  # the scan prints them too
+
+    tables.main(["--runs-dir", runs_dir])
+    out = capsys.readouterr().out
+    assert truncated in out and no_config in out and "damaged" in out
+    # the claims' verdicts still come out, over the runs that could be read
+    assert "Drop-loss" in out
+    # a run of the store that is damaged is not trained over: rebuilding it names the file
+    with pytest.raises(store.StoreDamage, match="config.json: missing"):
+        tables.reproduce("table6", runs_dir=runs_dir, values=None, run_missing=True, progress=False)
+
+
+def test_an_intact_store_prints_no_damage(tmp_path, capsys):
+    _small_store(str(tmp_path))
+    long = tables.reproduce("table6", runs_dir=str(tmp_path), run_missing=False)
+    assert long.attrs["damaged"] == [] and tables.damage_note(long) == ""
+    tables.main(["--runs-dir", str(tmp_path)])
+    assert "damaged" not in capsys.readouterr().out
+
+
+def test_table1_runs_every_backbone_of_the_small_preset():
+    assert tables.table1_presets("small") == ("small", "small-showo")
+    assert tables.table1_presets("paper-harmon-0.5b") == ("paper-harmon-0.5b",)
+    assert [tables.paper_backbone(p) for p in ("small", "small-showo", "paper-openuni-3.6b")] == \
+        ["Harmon-0.5B", "Show-o-256", "OpenUni-3.6B"]
+    with pytest.raises(ValueError, match="valid presets"):
+        tables.table1_presets("presets")

@@ -242,7 +242,7 @@ def test_image_tokenizers_round_trip():
         images_to_pixels([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)])
 
 
-# ---- the alignment stage (issue 4 item 3; tiny_common module docstring) ----------------------
+# ---- the alignment stage (tiny_common module docstring; docs/conventions.md) -------------------
 
 def reference_alignment_loss(zt, zi, valid, shared, tau, weight):
     """Loop version of the alignment stage on given embeddings, float64."""

@@ -1,4 +1,4 @@
-"""The training loop (segros.train), its config and presets (segros.presets), the CLI."""
+"""The training loop (segros.train), its config and presets (segros.presets), the CLI (segros.train.__main__)."""
 
 import math
 import os
@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from fake_backbone import FakeBackbone, data as fake_data
-from segros import runs
+from segros import store
+from segros.backbones.base import VisualTokens
+from segros.backbones.registry import from_config
 from segros.grounding import ground
 from segros.presets import METHODS, PRESETS, TrainConfig, get_preset
 from segros.supervision import perturb, sample_gamma
-from segros.train import (TrainData, batch_indices, lr_at, make_backbone, make_t2i_batch, micro_schedule, t2i_step,
-                          train)
+from segros.train import TrainData, batch_indices, lr_at, make_t2i_batch, micro_schedule, t2i_step, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def fake_train_data(n=64, seed=0):
 def test_loss_falls_fake_backbone(tmp_path, method):
     cfg = fake_config(method=method, max_steps=16)
     train(cfg, str(tmp_path), backbone=FakeBackbone(), data=fake_train_data(), progress=False)
-    rows = runs.read_metrics(str(tmp_path))
+    rows = store.read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [4, 8, 12, 16]
     assert rows[-1]["loss_t2i"] < 0.75 * rows[0]["loss_t2i"]
     assert rows[-1]["loss_i2t"] < 0.75 * rows[0]["loss_i2t"]
@@ -54,7 +55,7 @@ def test_loss_falls_tiny_family(tmp_path, family):
     cfg = TrainConfig(backbone=family, backbone_kwargs=small, n_train=8, n_qa_train=8, batch_size=8, max_steps=12,
                       log_every=1, ckpt_every=100, lr=3e-3, warmup_steps=0, lam=0.0, i2t_micro=0)
     train(cfg, str(tmp_path), progress=False)
-    losses = [r["loss_t2i"] for r in runs.read_metrics(str(tmp_path))]
+    losses = [r["loss_t2i"] for r in store.read_metrics(str(tmp_path))]
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
 
@@ -132,6 +133,43 @@ def test_reca_steps_drop_the_text(method, n_hint):
     assert spy.sup.masked.sum(1).tolist() == [math.floor(gamma * 16)] * 8
 
 
+class WithExtra(Spy):
+    """A family whose image prompt has tokens off the hint grid (as Harmon's MAR buffer)."""
+
+    def embed_image(self, pixels):
+        v = super().embed_image(pixels)
+        return VisualTokens(v.z_image, v.grid_hw, extra=v.z_image[:, :3] * 2)
+
+
+def test_reca_conditions_on_the_whole_image_prompt():
+    """Reca's hints are VisualTokens.image_prompt(): the grid tokens, then the extra tokens; the SeGroS
+    and hint-filter paths gather grid tokens only (the map ranks the grid)."""
+    cfg = fake_config(method="reca", mask_schedule="uniform", gamma_per="batch")
+    spy = WithExtra()
+    batch = make_t2i_batch(spy, fake_train_data(16), cfg, 0)
+    t2i_step(spy, batch, cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = spy.embed_image(batch["pixels"]).z_image
+    torch.testing.assert_close(spy.hints, torch.cat([z, z[:, :3] * 2], 1), rtol=0, atol=0)
+    assert spy.sup.hint_idx.shape[1] == z.shape[1]  # the supervision indexes the grid
+    t2i_step(spy, batch, cfg.replace(method="segros"), torch.Generator().manual_seed(0))
+    assert spy.hints.shape[1] == math.floor(0.3 * z.shape[1])
+    with pytest.raises(ValueError, match="extra must be"):
+        VisualTokens(z, spy.hint_grid_hw, extra=z[0])
+
+
+def test_one_process_trains_in_several_precisions(tmp_path):
+    """A notebook runs an fp32, a bf16 and an fp16 training in a row (accelerate keeps one precision
+    per process; the loop owns autocast and the fp16 loss scaler); fp32 repeats bit for bit."""
+    runs = {}
+    for name, precision in (("a", "fp32"), ("b", "bf16"), ("c", "fp16"), ("d", "fp32")):
+        cfg = fake_config(max_steps=3, log_every=1, precision=precision, method="sft")
+        train(cfg, str(tmp_path / name), backbone=FakeBackbone(), data=fake_train_data(), progress=False)
+        runs[name] = [r["loss"] for r in store.read_metrics(str(tmp_path / name))]
+        assert len(runs[name]) == 3 and all(math.isfinite(x) for x in runs[name]), precision
+    assert runs["a"] == runs["d"] and runs["a"] != runs["b"]
+
+
 # -----------------------------------------------------------------------------
 # config, presets, schedule, data order
 
@@ -179,7 +217,7 @@ def test_presets_errors():
     with pytest.raises(ValueError, match="valid presets: small"):
         get_preset("tiny")
     with pytest.raises(RuntimeError, match="checkpoint"):
-        make_backbone(get_preset("paper-showo-256"))
+        from_config(get_preset("paper-showo-256"))
     assert {"small", "small-showo"} <= set(PRESETS)
 
 
@@ -243,7 +281,6 @@ def test_method_none_returns_the_start_checkpoint_untrained(tmp_path):
     bb = FakeBackbone()
     before = {k: v.clone() for k, v in bb.state_dict().items()}
     cfg = TrainConfig(method="none", backbone="fake", max_steps=5, batch_size=4, n_train=8, n_qa_train=8)
-    from segros import train as train_mod
-    out = train_mod.train(cfg, str(tmp_path / "run"), backbone=bb, progress=False)
+    out = train(cfg, str(tmp_path / "run"), backbone=bb, progress=False)
     assert all(torch.equal(before[k], v) for k, v in out.state_dict().items())
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

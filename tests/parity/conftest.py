@@ -1,4 +1,4 @@
-"""Parity against the official code, run in its own pinned environment (issue 6, item 6).
+"""Parity against the official code, run in its own pinned environment (docs/adapters/).
 
 Each family's tests are skipped unless both variables are set:
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the pinned environment the Harmon parity test runs the official code in (issue 6, item 5).
+# Build the pinned environment the Harmon parity test runs the official code in (docs/adapters/harmon.md).
 #
 #   bash tests/parity/setup_harmon_env.sh [/tmp/harmon-env]
 #   git clone <wusize/Harmon> /tmp/harmon-official   # checked at commit 4eb6087

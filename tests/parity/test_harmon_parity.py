@@ -24,7 +24,7 @@ And Reca's reconstruction step itself (:func:`reca_recon_inputs`, the driver's `
 ``src/models/harmon_dev.py`` ``HarmonDev.recon_loss`` on a batch of two Reca prompts (instruction /
 "Generate an image.", right-padded by Reca's ``collate_func_gen``) vs our ``t2i_loss`` with
 ``hint_layout="reca"``, ``image_attention="native"``, ``hint_grad_scale=0.1`` and the hints
-``embed_image(pixels).z_image`` (the Reca baseline of ``segros.train.t2i_step``), on the same tiny
+``embed_image(pixels).image_prompt()`` (the Reca baseline of ``segros.train.t2i_step``), on the same tiny
 weights, MAR mask, and diffusion draws (t, ε): the LLM input embeddings (Reca's 1088-token image
 prompt after ``<|im_start|>user\\n``), position ids, attention (ours vs the causal + padding mask of
 Reca's 2-D mask), LLM hidden states, the MAR decoder output and the loss. Reca's loss is
@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segros.backbones.base import pad_rows
+from segros.backbones.inputs import pad_rows
 from segros.backbones.harmon import MAX_LENGTH, HarmonConfig, build_harmon
 from segros.supervision import Supervision
 
@@ -243,7 +243,7 @@ def compare_reca_recon(ref, inp) -> dict:
     batch = dict(pixels=inp["pixels"], **tok)
     sup = Supervision(torch.zeros(mask.shape[0], 0, dtype=torch.long), 1 - mask, mask.bool(), mask)
     with torch.no_grad():
-        hints = model.embed_image(inp["pixels"]).z_image
+        hints = model.embed_image(inp["pixels"]).image_prompt()  # the grid tokens, then the buffer: 1088
         loss = model.t2i_loss(batch, sup, hints, generator=torch.Generator().manual_seed(7))
     handle.remove()
     real = ref["llm_attention_mask"].bool()  # Reca's 2-D mask: prompt (+ 1088 slots) + the image block

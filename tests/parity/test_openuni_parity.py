@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segros.backbones.openuni import (OpenUni, OpenUniConfig, SIZES, internvl_hf_config, internvl_hf_to_remote)
+from segros.backbones.checkpoints import internvl_hf_to_remote
+from segros.backbones.openuni import OpenUni, OpenUniConfig, SIZES, internvl_hf_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import openuni_tokenizer  # noqa: E402

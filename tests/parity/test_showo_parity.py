@@ -39,7 +39,7 @@ import os
 import pytest
 import torch
 
-from segros.backbones.base import read_recon_prompts
+from segros.backbones.inputs import read_recon_prompts
 from driver_common import reca_repo
 from segros.backbones.showo import CLIP_MEAN, CLIP_STD, SYSTEM_PROMPT, build_showo
 
