@@ -148,7 +148,8 @@ class TableNotebook:
         """Range checks: known rows only, every selected row present, scores in [0, 100]."""
         long, labels = self.long, [r.label for r in self.spec.rows]
         assert set(long["row"]) <= set(labels), "unexpected rows"
-        assert set(r.label for r in self.selected) <= set(long["row"]) or not self.run_missing, "a selected row is missing"
+        selected = {r.label for r in self.selected}
+        assert selected <= set(long["row"]) or not self.run_missing, "a selected row is missing"
         assert np.isfinite(long["overall"]).all() and long["overall"].between(0, 100).all()
         for tag in TAGS:
             assert long[tag].between(0, 100).all(), tag

@@ -284,3 +284,10 @@ def test_method_none_returns_the_start_checkpoint_untrained(tmp_path):
     out = train(cfg, str(tmp_path / "run"), backbone=bb, progress=False)
     assert all(torch.equal(before[k], v) for k, v in out.state_dict().items())
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_train_refuses_an_unresolved_init_from(tmp_path):
+    """init_from is the pipeline's to resolve; train() alone would silently start from random weights."""
+    cfg = TrainConfig(backbone="tiny-harmon", init_from="auto", max_steps=1, batch_size=4, n_train=8, n_qa_train=8)
+    with pytest.raises(ValueError, match="segros.pipeline.train_run"):
+        train(cfg, str(tmp_path / "run"), progress=False)

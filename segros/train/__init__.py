@@ -8,7 +8,8 @@
 :mod:`segros.pipeline`, which resolves a run's base before calling :func:`train`.
 """
 
-from segros.train.data import TrainData, batch_indices, make_i2t_batch, make_t2i_batch, micro_schedule, shapes_data, to_device
+from segros.train.data import (TrainData, batch_indices, make_i2t_batch, make_t2i_batch, micro_schedule, shapes_data,
+                               to_device)
 from segros.train.loop import Trainer, freeze, lr_at, make_optimizer, pretrain, set_up, train
 from segros.train.steps import (finetune_objective, gather_hints, grounded_map, pretrain_objective, t2i_step,
                                 top_hint_idx, without_text)

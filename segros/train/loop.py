@@ -78,7 +78,13 @@ def freeze(model, prefixes):
 def set_up(config: TrainConfig, backbone=None, init: str | None = None):
     """Seed every generator with ``config.seed``, then build the backbone ``config`` names (unless one
     is given), load the weights file ``init`` into it (a pretrained base) and check that it can
-    serve ``config``. Building after seeding makes the random initialisation part of the run."""
+    serve ``config``. Building after seeding makes the random initialisation part of the run.
+    ``config.init_from`` is not read here: the pipeline resolves it into ``init``
+    (:func:`segros.pipeline.train_run`), and a config that names one without ``init`` is refused
+    rather than trained from a random start."""
+    if backbone is None and config.init_from and init is None:
+        raise ValueError(f"init_from={config.init_from!r} names a base this function does not resolve; call "
+                         "segros.pipeline.train_run (or pass init=, the base's weights file)")
     seed_everything(config.seed)
     if backbone is None:
         backbone = from_config(config)
