@@ -13,9 +13,8 @@ answer string per question about one PIL image (ELLA compares each answer with `
 - :class:`TransformersVQA` — a BLIP VQA model from transformers (``BlipForQuestionAnswering``,
   e.g. a local copy of ``Salesforce/blip-vqa-capfilt-large``), loaded from a folder or hub id.
   Scores from it are not ELLA's numbers (another judge); the results say which model answered.
-  The image is encoded once per crop and the questions are answered as one batch; each answer
-  equals what ``model.generate`` gives for that question alone (the decoder attends to the
-  question's real tokens only, as in an unpadded call).
+  The image is encoded once per crop; questions of equal token length are answered as one batch
+  without padding, so each answer equals what ``model.generate`` gives for that question alone.
 """
 
 from __future__ import annotations
@@ -80,26 +79,36 @@ class TransformersVQA:
 
         if not questions:
             return []
-        model = self.model
+        model, tok = self.model, self.processor.tokenizer
         dtype = next(model.parameters()).dtype
+        answers: list[str | None] = [None] * len(questions)
         with torch.no_grad():
             pixel_values = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
-            image_embeds = model.vision_model(pixel_values=pixel_values.to(self.device, dtype))[0]
-            text = self.processor.tokenizer(list(questions), padding=True, return_tensors="pt")
-            input_ids = text["input_ids"].to(self.device)
-            attention_mask = text["attention_mask"].to(self.device)
-            image_embeds = image_embeds.expand(len(questions), -1, -1)
-            image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
-            question_embeds = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                                 encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
-                                                 return_dict=False)[0]
-            cfg = model.config.text_config
-            bos = torch.full((len(questions), 1), model.decoder_start_token_id, dtype=torch.long, device=self.device)
-            out = model.text_decoder.generate(input_ids=bos, eos_token_id=cfg.sep_token_id, pad_token_id=cfg.pad_token_id,
-                                              encoder_hidden_states=question_embeds, encoder_attention_mask=attention_mask,
-                                              **self.generate_kwargs)
-        # out = [bos, answer tokens...]: decode the answer only, whether or not the tokenizer marks bos as special
-        return [a.strip() for a in self.processor.tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)]
+            image_embeds = model.vision_model(pixel_values=pixel_values.to(self.device, dtype))[0]   # once per crop
+            ids = [tok(q)["input_ids"] for q in questions]
+            # questions of equal token length form one batch without padding, so each answer is what
+            # model.generate gives for that question alone (no padding mask to get right or wrong)
+            by_length: dict[int, list[int]] = {}
+            for i, seq in enumerate(ids):
+                by_length.setdefault(len(seq), []).append(i)
+            for idx in by_length.values():
+                input_ids = torch.tensor([ids[i] for i in idx], dtype=torch.long, device=self.device)
+                embeds = image_embeds.expand(len(idx), -1, -1)
+                question_embeds = model.text_encoder(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), encoder_hidden_states=embeds,
+                    encoder_attention_mask=torch.ones(embeds.shape[:-1], dtype=torch.long, device=self.device),
+                    return_dict=False)[0]
+                cfg = model.config.text_config
+                bos = torch.full((len(idx), 1), model.decoder_start_token_id, dtype=torch.long, device=self.device)
+                out = model.text_decoder.generate(
+                    input_ids=bos, eos_token_id=cfg.sep_token_id, pad_token_id=cfg.pad_token_id,
+                    encoder_hidden_states=question_embeds,
+                    encoder_attention_mask=torch.ones(question_embeds.shape[:-1], dtype=torch.long, device=self.device),
+                    **self.generate_kwargs)
+                # out = [bos, answer tokens...]: decode the answer only, whether or not bos is a special token
+                for i, text in zip(idx, tok.batch_decode(out[:, 1:], skip_special_tokens=True)):
+                    answers[i] = text.strip()
+        return answers
 
 
 def build_vqa(kind: str, model: str | None = None, device: str = "cuda", dtype=None):
