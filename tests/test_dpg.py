@@ -323,6 +323,12 @@ def test_csv_errors_name_the_problem(tmp_path):
     path.write_text("item_id,text\nx,y\n")
     with pytest.raises(ValueError, match="missing columns.*proposition_id"):
         read_questions(str(path))
+    path.write_text(",".join(CSV_COLUMNS) + "\nx,p,k,one,0,e,w,t,q\n")
+    with pytest.raises(ValueError, match="data row 0: proposition_id 'one' is not an integer"):
+        read_questions(str(path), skip_first_row=False)
+    path.write_text(",".join(CSV_COLUMNS) + "\nx,p,k,1,0;2,e,w,t,q\n")
+    with pytest.raises(ValueError, match="dependency '0;2' is not a comma-separated list"):
+        read_questions(str(path), skip_first_row=False)
     with pytest.raises(FileNotFoundError, match="dpg_bench.csv"):
         load_benchmark(str(tmp_path / "nowhere"))
     write_csv(tmp_path / "dup.csv", ROWS[:2] + [("beta", 1, "0", "global - (x)", "x?"), ("alpha", 3, "0", "entity - whole (y)", "y?")])

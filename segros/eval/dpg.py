@@ -95,6 +95,20 @@ def ella_paths(ella_root: str) -> tuple[str, str]:
     return os.path.join(ella_root, "dpg_bench", "dpg_bench.csv"), os.path.join(ella_root, "dpg_bench", "prompts")
 
 
+def _parse_int(value: str, where: str) -> int:
+    """An integer field; ``"3.0"`` reads as 3, as ``int()`` of pandas' float column would in ELLA."""
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            f = float(value)
+        except ValueError:
+            f = float("nan")
+        if f.is_integer():
+            return int(f)
+        raise ValueError(f"{where} {value!r} is not an integer") from None
+
+
 def _parse_dependency(value: str, where: str) -> list[int]:
     try:
         return [int(d.strip()) for d in str(value).split(",")]
@@ -128,10 +142,7 @@ def read_questions(csv_path: str, skip_first_row: bool = True) -> DPGBench:
             continue
         where = f"{csv_path} data row {i}"
         item_id = row["item_id"]
-        try:
-            qid = int(row["proposition_id"])
-        except ValueError as e:
-            raise ValueError(f"{where}: proposition_id {row['proposition_id']!r} is not an integer") from e
+        qid = _parse_int(row["proposition_id"], f"{where}: proposition_id")
         deps = _parse_dependency(row["dependency"], where)
         if item_id != previous:
             if item_id in items:
