@@ -13,6 +13,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from segros.eval.dpg import (
@@ -85,6 +87,43 @@ def test_bad_arguments_are_named():
         item_score({1: [0], 2: [0]}, [{1: Y}])
     with pytest.raises(ValueError, match="answers is empty"):
         item_score({1: [0]}, [])
+
+
+def ella_loop(qid2dependency, answers):
+    """ELLA's per-image loop, re-expressed: one score dict shared by the crops, answers written per
+    crop, one in-place zeroing pass, a plain dict lookup (KeyError) for a parent that is not there."""
+    qid2scores, crop_scores = {}, []
+    for crop in answers:
+        for qid in qid2dependency:
+            qid2scores[qid] = float(crop[qid] == "yes")
+        for qid, parents in qid2dependency.items():
+            zero = False
+            for parent in parents:
+                if parent == 0:
+                    continue
+                if qid2scores[parent] == 0:
+                    zero = True
+                    break
+            if zero:
+                qid2scores[qid] = 0
+        crop_scores.append(sum(qid2scores.values()) / len(qid2scores))
+    return sum(crop_scores) / len(crop_scores)
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_item_score_equals_ellas_loop(data):
+    qids = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=6, unique=True))   # any CSV order
+    deps = {q: data.draw(st.lists(st.integers(0, 9), min_size=1, max_size=3)) for q in qids}
+    n_crops = data.draw(st.integers(1, 4))
+    answers = [{q: data.draw(st.sampled_from(["yes", "no", "Yes"])) for q in qids} for _ in range(n_crops)]
+    try:
+        expected = ella_loop(deps, answers)
+    except KeyError:
+        with pytest.raises(MissingParentError):
+            item_score(deps, answers)
+        return
+    assert item_score(deps, answers) == expected      # same operations in the same order: equal floats
 
 
 def test_categories_as_ella_names_them():
@@ -524,3 +563,17 @@ def test_build_vqa_errors():
         build_vqa("clip")
     with pytest.raises(ValueError, match="needs model="):
         build_vqa("transformers")
+
+
+def test_command_line(tmp_path, layout, ella):
+    from segros.eval.dpg import main
+
+    folder = tiny_blip(str(tmp_path / "blip"), yes_bias=1e4)
+    out = str(tmp_path / "shard1.json")
+    results = main(["--layout", layout, "--ella", ella, "--vqa", "transformers", "--model", folder, "--device", "cpu",
+                    "--keep-first-row", "--num-shards", "2", "--shard", "1", "--pic-num", "2", "--out", out])
+    with open(out) as f:
+        on_disk = json.load(f)
+    assert on_disk["n_items"] == 1 and [r["item_id"] for r in on_disk["items"]] == ["beta"]
+    assert on_disk["settings"]["skip_first_row"] is False and on_disk["settings"]["pic_num"] == 2
+    assert len(on_disk["items"][0]["answers"]) == 2 and results["vqa_model"].endswith(folder)
