@@ -17,8 +17,10 @@ Rows:
   504 px (modelscope's ``MPlugConfig`` defaults: ``clip_name="ViT-L-14"``, ``image_res=504``) and
   ELLA calls the pipeline once per question, so the tower runs once per question. Counted on
   transformers' ``CLIPVisionModel`` of that shape on the meta device; mPLUG's text encoder,
-  fusion layers and beam-search decoder are NOT counted, so this row is a lower bound. (mPLUG
-  itself cannot be built here: modelscope's model code imports timm, which imports torchvision.)
+  fusion layers and beam-search decoder are NOT counted, so this row is a lower bound. The released
+  model's own configuration could not be read here (X-PLUG/mPLUG's vqa_mplug_large.yaml uses
+  336 px). mPLUG itself cannot be built here: modelscope's model code imports timm, which imports
+  torchvision.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matrix products; 2 per
 multiply-add). The GPU column divides them by a stated sustained throughput (``--gpu-tflops``)
@@ -37,7 +39,9 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-N_CROPS = 1065 * 4
+from segros.eval.dpg import IMAGES_PER_PROMPT, N_PROMPTS
+
+N_CROPS = N_PROMPTS * IMAGES_PER_PROMPT
 
 # questions in the style of DPG-Bench's (written for this benchmark), 14 per crop by default
 QUESTIONS = [

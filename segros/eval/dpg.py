@@ -60,7 +60,7 @@ IMAGES_PER_PROMPT = 4          # 2x2 grid, ELLA's README
 PIC_NUM = 4                    # crops scored per grid: dist_eval.sh's PIC_NUM (the script's own default is 1)
 CATEGORY_CROPS = ("last", "all")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-N_PROMPTS = 1065
+N_PROMPTS = 1065               # prompts of DPG-Bench (ELLA paper)
 
 
 # -----------------------------------------------------------------------------
