@@ -386,3 +386,57 @@ def test_judge_loads_from_a_folder(tmp_path, tiny_judge):
     assert loaded(ims, qs) == tiny_judge(ims, qs)
     with pytest.raises(ValueError, match="cannot build the judge's processor"):
         cb.load_judge_processor(str(tmp_path / "nowhere"))
+
+
+# ---- the judge-cost benchmark's arithmetic ------------------------------------------------------
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compbench_judge.py"
+    spec = importlib.util.spec_from_file_location("bench_compbench_judge", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("size,published", [("3b", 3.75e9), ("7b", 8.29e9), ("32b", 33.45e9)])
+def test_bench_shapes_have_the_released_parameter_counts(size, published):
+    """The benchmark's configs, built on the meta device, have the released models' sizes, and its
+    analytic count of the weights (the FLOP estimate's basis) agrees with the built model."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    bench = _bench()
+    cfg, _ = bench.config(size)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == pytest.approx(published, rel=0.01)
+    s = bench.shape(size)
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    embeds = s["vocab"] * s["hidden"] * (1 if s["tie"] else 2)
+    assert bench.llm_linear_params(s) + embeds + vision == pytest.approx(n, rel=0.002)
+
+
+def test_bench_counted_flops_match_the_analytic_count():
+    bench = _bench()
+    out = bench.main(["--size", "tiny", "--image", "112", "--text-tokens", "20", "--decode", "2",
+                      "--estimate-sizes", "tiny,32b"])
+    m = out["measured"][0]
+    assert m["counted TFLOP"] == pytest.approx(m["analytic w/o attention"], rel=1e-9)
+    assert m["prompt tokens"] == 20 + 16 + 10 and m["per image s"] > m["prefill s"] > 0
+    est = {(r["size"], r["gpu"]): r for r in out["estimate"]}
+    r = est[("32b", "H100-SXM-80GB")]
+    assert r["N=10 (24000 images) min"] == pytest.approx(10 * r["N=1 (2400 images) min"])
+    assert 1.0 < r["prefill TFLOP"] < 100.0  # 2 x 33B weights x a few hundred tokens
+
+
+def test_docs_state_the_judge_prompt_and_rule():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    for line in cb.JUDGE_TEMPLATE.split("\n"):
+        assert line in doc, line
+    for category, focus in cb.CATEGORY_FOCUS.items():
+        assert f"| {category} | {focus} |" in doc

@@ -347,11 +347,13 @@ class QwenVLJudge:
     @classmethod
     def from_pretrained(cls, model_path: str, *, device: str | None = None, dtype: str = "auto",
                         attn_implementation: str | None = None, min_pixels: int | None = None,
-                        max_pixels: int | None = None, **kwargs) -> "QwenVLJudge":
+                        max_pixels: int | None = None, device_map: str | dict | None = None,
+                        **kwargs) -> "QwenVLJudge":
         """Load ``Qwen2_5_VLForConditionalGeneration`` and its processor from ``model_path``.
 
         ``dtype``: "auto" (the checkpoint's, bf16 for Qwen2.5-VL) or a torch dtype name; ``device``:
-        default CUDA when available. The processor is ``AutoProcessor``'s; where it cannot be built
+        default CUDA when available; ``device_map`` (e.g. "auto": the 32B judge over several GPUs,
+        through accelerate) replaces ``device``. The processor is ``AutoProcessor``'s; where it cannot be built
         (it needs torchvision for its video processor), an image-only processor with the same
         tokenizer, chat template and the PIL image processor is used, and the results say so.
         """
@@ -361,7 +363,11 @@ class QwenVLJudge:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype, **extra).to(device)
+        if device_map is not None:
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype,
+                                                                       device_map=device_map, **extra)
+        else:
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype, **extra).to(device)
         processor, kind = load_judge_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         return cls(model, processor, model_path=model_path, processor_kind=kind, **kwargs)
 
