@@ -264,6 +264,25 @@ def test_manifest_names_the_class():
 
 
 @needs_lmms
+@pytest.mark.parametrize("family", ["showo", "harmon"])
+def test_model_class_answers_lmms_instances(family):
+    """The class on lmms-eval's own Instance objects (hand-made), a tiny random backbone."""
+    from lmms_eval.api.instance import Instance
+
+    torch.manual_seed(0)
+    model = (build_showo if family == "showo" else build_harmon)("tiny").eval()
+    lm = lmms_model.SegrosLMMS(model=model, batch_size=2, max_new_tokens=3)
+    lm.task_dict = _docs(3)
+    reqs = [Instance("generate_until", (f"<image>\nquestion {i}", {"until": ["zzz"]}, lambda d: [d["image"]], i,
+                                        "tiny", "test"), idx=0, metadata={"task": "tiny", "doc_id": i, "repeats": 1})
+            for i in range(3)]
+    out = lm.generate_until(reqs)
+    assert out == model.answer([lm.task_dict["tiny"]["test"][i]["image"] for i in range(3)],
+                               [f"question {i}" for i in range(3)], 3)
+    assert lm.stats.n_requests == 3 and lm.batch_size == 2
+
+
+@needs_lmms
 def test_lmms_eval_evaluator_runs_a_tiny_local_task(tmp_path):
     torch.manual_seed(0)
     model = build_showo("tiny").eval()
