@@ -374,7 +374,7 @@ def test_paper_backbone_names_the_parts_that_would_stay_random(family, size, giv
 
 @pytest.mark.parametrize("family,override,message", [
     ("openuni", dict(lam=1.0, i2t_micro=2), "trains no I2T"),  # Table 7: λ = 0 for OpenUni
-    ("harmon", dict(eval_qa=4), "no answer"),  # the real adapters have no QA head
+    ("openuni", dict(eval_qa=4), "no answer"),  # OpenUni has no answer(); Show-o and Harmon do
 ])
 def test_unsupported_requests_fail_before_training(official, tmp_path, family, override, message):
     _, kwargs = official(family)

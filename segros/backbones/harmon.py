@@ -509,6 +509,80 @@ class Harmon(CaptionDropout, Backbone):
         images = torch.clamp(127.5 * images + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(im) for im in images]
 
+    # ---- understanding: greedy answers (Harmon's scripts/image2text.py) -------------------------
+    def understanding_pixels(self, images: Sequence[Any]) -> torch.Tensor:
+        """Pixels [B, 3, S, S] in [0, 1] (S = ``image_size``) as ``scripts/image2text.py`` prepares an
+        image: ``expand2square`` on gray (127, 127, 127) (the image pasted centred, offset
+        ``(long - short) // 2``), then resized to S x S (PIL's default bicubic, :func:`resize_to_pixels`)."""
+        import numpy as np
+        from PIL import Image
+
+        squares = []
+        for i, im in enumerate(images):
+            if isinstance(im, Image.Image):
+                im = im.convert("RGB")
+            else:
+                arr = np.asarray(im)
+                if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                    raise ValueError(f"images[{i}] must be a PIL image or uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
+                im = Image.fromarray(arr)
+            w, h = im.size
+            if w != h:
+                canvas = Image.new("RGB", (max(w, h), max(w, h)), (127, 127, 127))
+                canvas.paste(im, (0, (w - h) // 2) if w > h else ((h - w) // 2, 0))
+                im = canvas
+            squares.append(im)
+        return resize_to_pixels(squares, self.cfg.image_size)
+
+    def understanding_ids(self, question: str) -> list[int]:
+        """``prompt_template['INSTRUCTION']`` around ``"<image>\\n" + question``, the ``<image>`` slot
+        expanded to the 1088 image tokens (:data:`IMAGE_TOKEN_INDEX` ids): the same ids as
+        ``image2text.py``'s one ``tokenizer.encode`` of the whole string, where ``<image>`` is an added
+        special token (so the text on each side is encoded on its own)."""
+        n_img = self.target_grid_hw[0] * self.target_grid_hw[1] + self.cfg.buffer_size
+        pre, post = INSTRUCTION.split("{input}")
+        return self._encode(pre) + [IMAGE_TOKEN_INDEX] * n_img + self._encode("\n" + question + post)
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 4) -> list[str]:
+        """Greedy answers, one question per image, as wusize/Harmon ``scripts/image2text.py``.
+
+        The image (:meth:`understanding_pixels`) goes through the VAE and the MAR encoder with nothing
+        masked (``extract_visual_feature``: 1024 grid tokens + 64 buffer tokens last, ``proj_in``) into
+        the image slots of :meth:`understanding_ids`; then ``llm.generate(inputs_embeds=...,
+        use_cache=True, do_sample=False, eos_token_id=tokenizer.eos_token_id)`` with the LLM's own
+        generation config otherwise (Qwen2.5-Instruct's ``repetition_penalty`` applies, as in the
+        official script). The answer is the decoded new tokens, special tokens skipped, stripped.
+        Questions run one at a time, as in the script.
+        """
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        was_training = self.training
+        self.eval()
+        try:
+            tok = self.tokenizer
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            emb = self.llm.get_input_embeddings()
+            answers = []
+            for i, q in enumerate(questions):
+                if not isinstance(q, str):
+                    raise ValueError(f"questions[{i}] must be a str, got {type(q).__name__}")
+                latents, hw = self.encode(self.understanding_pixels(images[i:i + 1]))
+                zero = torch.zeros(latents.shape[:2], device=latents.device, dtype=latents.dtype)
+                _, z_enc = self.visual_features(latents, zero, hw)
+                ids = torch.tensor([self.understanding_ids(q)], device=self.device)
+                slots = ids == IMAGE_TOKEN_INDEX
+                embeds = emb(ids.clamp(min=0)).masked_scatter(slots[..., None], z_enc.to(emb.weight.dtype))
+                out = self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=True,
+                                        do_sample=False, max_new_tokens=max_new_tokens,
+                                        eos_token_id=tok.eos_token_id, pad_token_id=pad)
+                answers.append(tok.decode(out[0].tolist(), skip_special_tokens=True).strip())
+        finally:
+            self.train(was_training)
+        return answers
+
 
 def build_harmon(size: str = "0.5b", tokenizer=None, llm_path: str | None = None, **overrides: Any) -> Harmon:
     """Harmon with random weights (``size`` = "0.5b" | "1.5b" | "tiny"), config fields overridable.

@@ -546,6 +546,119 @@ class Showo(CaptionDropout, Backbone):
         images = (self.decode_codes(codes).float() * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(im) for im in images]
 
+    # ---- understanding: greedy answers (Show-o's MMU path with CLIP features) ------------------
+    def understanding_pixels(self, images: Sequence[Any]) -> torch.Tensor:
+        """The CLIP input of Show-o's understanding path: pixels [B, 3, s, s] in [0, 1], s = ``clip_image_size``.
+
+        ``inference_mmu.py`` (CLIP-ViT branch) runs LLaVA's ``CLIPImageProcessor`` on the original
+        image: the shortest edge resized to s (bicubic, aspect kept, the long edge ``int(s * long /
+        short)``), then a centre crop of s x s (offsets ``(size - s) // 2``). :meth:`clip_features`
+        with ``"clip"`` then applies the CLIP mean/std (its resize is the identity at this size).
+        """
+        from PIL import Image
+
+        s = self.cfg.clip_image_size
+        out = []
+        for i, im in enumerate(images):
+            im = _understanding_image(im, f"images[{i}]")
+            w, h = im.size
+            short, long = min(w, h), max(w, h)
+            new_long = int(s * long / short)
+            new_w, new_h = (s, new_long) if w <= h else (new_long, s)
+            im = im.resize((new_w, new_h), Image.BICUBIC)
+            left, top = (new_w - s) // 2, (new_h - s) // 2
+            im = im.crop((left, top, left + s, top + s))
+            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
+        return torch.stack(out)
+
+    def understanding_prompt(self, question: str) -> tuple[list[int], list[int]]:
+        """(ids before the CLIP tokens, ids after them) of ``inference_mmu.py``'s CLIP-ViT branch:
+        ``[mmu] system [soi]`` | ``[eoi]`` + the phi1.5 conversation ``"USER: {question} ASSISTANT:"``
+        (llava ``conv_phi_v0``: empty system, roles USER / ASSISTANT, sep " ", then ``.strip()``),
+        tokenized without special tokens (Phi adds none)."""
+        head = [self.special_id("<|mmu|>")] + self._words(SYSTEM_PROMPT) + [self.special_id("<|soi|>")]
+        tail = [self.special_id("<|eoi|>")] + self._words(f"USER: {question} ASSISTANT:".strip())
+        return head, tail
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 4,
+               use_cache: bool = True) -> list[str]:
+        """Greedy answers, one question per image, as Show-o's ``Showo.mmu_generate`` (CLIP-ViT branch).
+
+        Sequence ``[mmu] system [soi] mm_projector(CLIP) [eoi] USER: q ASSISTANT:`` with the
+        understanding mask (causal, every token sees the CLIP tokens: ``create_attention_mask_for_mmu_vit``,
+        :func:`reca_attention_mask`), position ids ``arange``; each step appends the argmax over the whole
+        vocabulary (the official ``top_k=1``) as a causal token and stops after ``<|endoftext|>`` (the
+        tokenizer's eos) or ``max_new_tokens``. The official loop re-runs the whole sequence each step;
+        ``use_cache`` (default) keeps the keys and values instead (same tokens; tested). The answer is the
+        decoded new tokens with special tokens and ids outside the text vocabulary (image codes, mask)
+        skipped, stripped. Questions run one at a time, as in ``inference_mmu.py``.
+        """
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        was_training = self.training
+        self.eval()
+        try:
+            pixels = self.understanding_pixels(images)
+            answers = []
+            for i, q in enumerate(questions):
+                if not isinstance(q, str):
+                    raise ValueError(f"questions[{i}] must be a str, got {type(q).__name__}")
+                new = self._greedy_understanding(pixels[i:i + 1], q, max_new_tokens, use_cache)
+                keep = [t for t in new if t < len(self.tokenizer)]
+                answers.append(self.tokenizer.decode(keep, skip_special_tokens=True).strip())
+        finally:
+            self.train(was_training)
+        return answers
+
+    def _greedy_understanding(self, pixels: torch.Tensor, question: str, max_new_tokens: int,
+                              use_cache: bool) -> list[int]:
+        import inspect
+
+        emb = self.showo.get_input_embeddings()
+        head, tail = self.understanding_prompt(question)
+        feats = self.mm_projector(self.clip_features(pixels, "clip"))
+        g = feats.shape[1]
+        ids = lambda xs: torch.tensor([xs], dtype=torch.long, device=self.device)  # noqa: E731
+        embeds = torch.cat([emb(ids(head)), feats.to(emb.weight.dtype), emb(ids(tail))], 1)
+        eos = self.tokenizer.eos_token_id
+        # transformers 5 names the key/value cache ``cache`` (``past_key_values`` before)
+        cache_kw = "cache" if "cache" in inspect.signature(self.showo.forward).parameters else "past_key_values"
+        new, past = [], None
+        for _ in range(max_new_tokens):
+            s = embeds.shape[1]
+            if past is None:  # the whole sequence (every step without the cache)
+                real = torch.ones(1, s, dtype=torch.bool, device=self.device)
+                mask = reca_attention_mask(real, slice(len(head), len(head) + g), slice(0, 0), dtype=embeds.dtype)
+                pos = torch.arange(s, device=self.device)[None]
+                out = self.showo(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=use_cache)
+            else:  # the last token, seeing every earlier one
+                mask = torch.zeros(1, 1, 1, s, dtype=embeds.dtype, device=self.device)
+                pos = torch.tensor([[s - 1]], device=self.device)
+                out = self.showo(inputs_embeds=embeds[:, -1:], attention_mask=mask, position_ids=pos,
+                                 use_cache=True, **{cache_kw: past})
+            past = getattr(out, cache_kw) if use_cache else None
+            nxt = int(out.logits[0, -1].argmax())
+            new.append(nxt)
+            if nxt == eos:
+                break
+            embeds = torch.cat([embeds, emb(ids([nxt]))], 1)
+        return new
+
+
+def _understanding_image(image: Any, where: str):
+    """A PIL image or a uint8 [H, W, 3] array -> an RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"{where} must be a PIL image or uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
+    return Image.fromarray(arr)
+
 
 def build_showo(size: str = "256", tokenizer=None, llm_path: str | None = None, **overrides: Any) -> Showo:
     """Show-o with random weights (``size`` = "256" | "512" | "tiny"); config fields overridable.
