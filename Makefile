@@ -48,7 +48,7 @@ lab: install
 	$(BIN)/jupyter lab notebooks
 
 ## parity of the real adapters with the official code at tiny scale (tests/parity/). Give the
-## checkouts: make parity HARMON_REPO=... SHOWO_REPO=... RECA_REPO=... OPENUNI_REPO=...
+## checkouts: make parity HARMON_REPO=... SHOWO_REPO=... RECA_REPO=... OPENUNI_REPO=... GENEVAL_REPO=...
 ## (a family without its checkout is skipped); each family's pinned env is built once under .parity/
 PARITY_ENVS ?= .parity
 parity: install
@@ -59,6 +59,7 @@ parity: install
 	SEGROS_PARITY_SHOWO_REPO="$(SHOWO_REPO)" SEGROS_PARITY_SHOWO_PYTHON="$(abspath $(PARITY_ENVS))/showo/bin/python" \
 	SEGROS_PARITY_SHOWO_RECA_REPO="$(RECA_REPO)" \
 	SEGROS_PARITY_OPENUNI_REPO="$(OPENUNI_REPO)" SEGROS_PARITY_OPENUNI_PYTHON="$(abspath $(PARITY_ENVS))/openuni/bin/python" \
+	SEGROS_PARITY_GENEVAL_REPO="$(GENEVAL_REPO)" \
 	  $(BIN)/python -m pytest tests/parity -s -q -rs
 
 clean:

@@ -96,7 +96,7 @@ def mmdet_preprocess(image, scale=MMDET_SCALE, size_divisor=MMDET_SIZE_DIVISOR, 
         raise ValueError(f"image must be uint8 [H, W, 3] RGB, got {arr.dtype} {arr.shape}")
     h0, w0 = arr.shape[:2]
     w, h = rescale_size(w0, h0, scale)
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float()
     if (h, w) != (h0, w0):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).round().clamp(0, 255)
     hp = int(math.ceil(h / size_divisor)) * size_divisor

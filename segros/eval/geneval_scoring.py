@@ -111,7 +111,7 @@ class GenEvalScorer:
                 raise ValueError(f"{r['filename']}: row tag {r['tag']!r} differs from its prompt's {expected[r['filename']].metadata['tag']!r}")
         order = {e.path: k for k, e in enumerate(report.entries)}
         rows.sort(key=lambda r: order[r["filename"]])
-        outfile = outfile or self.default_outfile(report.layout_dir)
+        outfile = os.fspath(outfile) if outfile else self.default_outfile(report.layout_dir)
         write_results(rows, outfile)
         summary = summarize(rows)
         n_prompts = len(report.prompts_scored)
@@ -144,7 +144,7 @@ class GenEvalScorer:
         """
         report = self.check(layout_dir, metadata, images_per_prompt=images_per_prompt, indices=indices,
                             allow_partial=allow_partial, progress=progress)
-        outfile = outfile or self.default_outfile(report.layout_dir)
+        outfile = os.fspath(outfile) if outfile else self.default_outfile(report.layout_dir)
         rows = self.score_entries(report.entries, progress=progress, outfile=outfile)
         return self.finish(report, rows, outfile)
 
