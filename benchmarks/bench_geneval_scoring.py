@@ -47,7 +47,7 @@ class IdTokenizer:
     CLIP's BPE gives these short templates (about a dozen tokens)."""
 
     def __call__(self, texts, padding=True, return_tensors="pt"):
-        ids = [[49406] + [256 + (ord(c) % 40000) for c in t.split()] + [49407] for t in texts]
+        ids = [[49406] + [256 + sum(map(ord, word)) % 40000 for word in t.split()] + [49407] for t in texts]
         width = max(len(x) for x in ids)
         return {"input_ids": torch.tensor([x + [49407] * (width - len(x)) for x in ids]),
                 "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])}
@@ -114,18 +114,20 @@ def main():
     build_s = time.perf_counter() - t0
     print(f"built random models in {build_s:.0f} s (threads={args.threads})", file=sys.stderr)
 
+    def classifier():
+        colors._weights.clear()
+        colors.text_weights("cup")
+
     with torch.inference_mode():
+        t_text = timed(classifier, args.repeats)
+        f_text = flops(classifier)
+        t_crop = timed(lambda: colors.logits(pil, crop, "cup"), args.repeats)
+        f_crop = flops(lambda: colors.logits(pil, crop, "cup"))
+        print(f"colour: classifier {t_text:.2f} s, crop {t_crop:.2f} s", file=sys.stderr)
         t_forward = timed(lambda: detector.raw(image), args.repeats)
         t_detect = timed(lambda: detector(image), args.repeats)
-        t_crop = timed(lambda: colors.logits(pil, crop, "cup"), args.repeats)
-
-        def classifier():
-            colors._weights.clear()
-            colors.text_weights("cup")
-        t_text = timed(classifier, args.repeats)
         f_detect = flops(lambda: detector.raw(image))
-        f_crop = flops(lambda: colors.logits(pil, crop, "cup"))
-        f_text = flops(classifier)
+        print(f"detector: forward {t_forward:.2f} s, with post-processing {t_detect:.2f} s", file=sys.stderr)
 
     n_images = N_PROMPTS * IMAGES_PER_PROMPT
     per_image = t_detect + CROPS_PER_IMAGE * t_crop

@@ -3,6 +3,7 @@ tiny random Mask2Former, GenEval's colour rule on a tiny random CLIP, and result
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -237,10 +238,18 @@ def test_open_clip_backend_follows_the_same_rule():
         img = F.normalize(model.encode_image(preprocess(masked_crop(image, objects[0].box, mask))[None]), dim=-1)
     expected = COLORS[int((img @ torch.stack(cols, 1)).argmax())]
     assert colors(image, objects, "cup") == [expected]
-    # our torchvision-free transform equals open_clip's on crops of several shapes
+    # our torchvision-free transform equals open_clip's on crops of several shapes ...
     for box in [(4, 4, 30, 30), (0, 10, 47, 20), (10, 0, 13, 48)]:
         crop = masked_crop(image, box, mask)
         assert torch.allclose(openclip_preprocess(crop, 32), preprocess(crop), atol=1e-5)
+    # ... and equals the transform open_clip builds for ("ViT-L-14", "openai") (its settings, no weights)
+    cfg = open_clip.pretrained.get_pretrained_cfg("ViT-L-14", "openai")
+    official = open_clip.image_transform(224, is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                         interpolation=cfg["interpolation"], resize_mode=cfg["resize_mode"])
+    rng = np.random.default_rng(1)
+    for w, h in [(300, 200), (200, 339), (225, 224), (10, 7), (3, 500), (512, 512), (224, 224)]:
+        crop = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert torch.allclose(openclip_preprocess(crop, 224), official(crop), atol=1e-5), (w, h)
 
 
 # -- the scorer, end to end ------------------------------------------------------------------
@@ -335,3 +344,102 @@ def test_known_verdicts_through_the_scorer(tmp_path):
     assert rows[3]["reason"] == "expected green apple>=1, found 0 green; and 1 red"
     assert rows[1]["reason"] == "expected apple right of target, found left of target"
     assert results["summary"]["tags"] == {"position": 0.5, "color_attr": 0.5, "counting": 1.0}
+
+
+def _open_clip_to_transformers(model, config):
+    """A transformers CLIPModel holding an open_clip CLIP's weights (the mapping the OpenAI ViT-L/14
+    conversion uses: fused in_proj -> q/k/v, c_fc/c_proj -> fc1/fc2, proj matrices transposed)."""
+    from transformers import CLIPModel
+
+    sd, out = model.state_dict(), {}
+    for side, src, n in (("text_model", "", config.text_config.num_hidden_layers),
+                         ("vision_model", "visual.", config.vision_config.num_hidden_layers)):
+        for i in range(n):
+            a, b = f"{src}transformer.resblocks.{i}.", f"{side}.encoder.layers.{i}."
+            for j, name in enumerate("qkv"):
+                width = sd[a + "attn.in_proj_weight"].shape[1]
+                out[b + f"self_attn.{name}_proj.weight"] = sd[a + "attn.in_proj_weight"][j * width:(j + 1) * width]
+                out[b + f"self_attn.{name}_proj.bias"] = sd[a + "attn.in_proj_bias"][j * width:(j + 1) * width]
+            for ours, theirs in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                                 ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[a + theirs + ".weight"], sd[a + theirs + ".bias"]
+    out.update({
+        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+        "text_model.final_layer_norm.weight": sd["ln_final.weight"], "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+        "text_projection.weight": sd["text_projection"].T, "visual_projection.weight": sd["visual.proj"].T,
+        "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+        "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+        "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+        "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"], "vision_model.pre_layrnorm.bias": sd["visual.ln_pre.bias"],
+        "vision_model.post_layernorm.weight": sd["visual.ln_post.weight"], "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+        "logit_scale": sd["logit_scale"],
+    })
+    hf = CLIPModel(config).eval()
+    missing, unexpected = hf.load_state_dict(out, strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+    return hf
+
+
+def _hf_tokenizer_from_open_clip_bpe(folder):
+    """transformers' CLIPTokenizer built from open_clip's bundled OpenAI BPE file, as OpenAI's vocabulary is built."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump({v: i for i, v in enumerate(vocab)}, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.skipif(not open_clip_available(), reason="open_clip is not importable here: it needs torchvision, whose "
+                    "registry build does not load beside this CPU torch")
+def test_transformers_backend_equals_open_clip_with_the_same_weights(tmp_path):
+    """OpenAI's ViT-L/14 exists in both formats; with the same (tiny, random) weights and OpenAI's BPE the
+    transformers backend gives GenEval's open_clip colours: same tokens, features and logits."""
+    import open_clip
+    from transformers import CLIPConfig
+
+    torch.manual_seed(0)
+    oc = open_clip.model.CLIP(embed_dim=16, vision_cfg=dict(layers=2, width=32, head_width=16, patch_size=8, image_size=32),
+                              text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
+                              quick_gelu=True).eval()  # OpenAI's weights use QuickGELU
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+                         pad_token_id=49407),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, hidden_act="quick_gelu"),
+        projection_dim=16)
+    hf = _open_clip_to_transformers(oc, config)
+    tokenizer = _hf_tokenizer_from_open_clip_bpe(str(tmp_path))
+    oc_tokenizer = open_clip.get_tokenizer("ViT-L-14")
+    texts = [t.format(c=c, classname=o) for o in OBJECTS for c in COLORS for t in COLOR_TEMPLATES]
+    ours = tokenizer(texts)["input_ids"]
+    theirs = oc_tokenizer(texts)
+    assert all(ids == theirs[k][:len(ids)].tolist() and theirs[k][len(ids):].eq(0).all() for k, ids in enumerate(ours))
+
+    preprocess = open_clip.image_transform(32, is_train=False, mean=(0.48145466, 0.4578275, 0.40821073),
+                                           std=(0.26862954, 0.26130258, 0.27577711), interpolation="bicubic",
+                                           resize_mode="shortest")
+    a = OpenClipColors(oc, preprocess, oc_tokenizer, device="cpu")
+    b = TransformersClipColors(hf, tokenizer, device="cpu")
+    for classname in ("cup", "tv remote", "hair drier"):
+        assert torch.allclose(a.text_weights(classname), b.text_weights(classname), atol=1e-5)
+    image = Image.fromarray(draw("a photo of a red apple", 5))
+    rng = np.random.default_rng(0)
+    objects = []
+    for _ in range(6):
+        x0, y0 = rng.integers(0, 30, size=2)
+        x1, y1 = x0 + rng.integers(3, 18), y0 + rng.integers(3, 18)
+        mask = np.zeros((48, 48), bool)
+        mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) > 0.3
+        objects.append(Detection((float(x0), float(y0), float(x1), float(y1)), 0.9, mask=mask))
+    assert torch.allclose(a.logits(image, objects, "apple"), b.logits(image, objects, "apple"), atol=1e-3)
+    assert a(image, objects, "apple") == b(image, objects, "apple")

@@ -127,7 +127,7 @@ def generate_layout(out_dir, metadata, generate, *, indices=None, images_per_pro
     n = int(images_per_prompt)
     todo = [i for i in indices
             if overwrite or not _folder_complete(out_dir, i, metadata[i], n, sample_digits)]
-    skipped = [i for i in indices if i not in set(todo)]
+    skipped = sorted(set(indices) - set(todo))
     os.makedirs(out_dir, exist_ok=True)
 
     def call(prompts, call_seed):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 from segros.eval.geneval import TAGS, summarize
 from segros.eval.geneval_layout import IMAGES_PER_PROMPT, IncompleteLayoutError, check_layout
@@ -101,7 +102,7 @@ class GenEvalScorer:
         seen = [r["filename"] for r in rows]
         unknown = sorted(set(seen) - set(expected))
         missing = sorted(set(expected) - set(seen))
-        dupes = sorted({f for f in seen if seen.count(f) > 1})
+        dupes = sorted(f for f, n in Counter(seen).items() if n > 1)
         if unknown or missing or dupes:
             raise ValueError(f"{self.name} scorer returned {len(rows)} rows for {len(expected)} images: "
                              f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
