@@ -13,9 +13,10 @@ on this CPU, through the code path of :class:`segros.eval.geneval_detect.Transfo
 
 The total for GenEval's 553 prompts x 4 images is extrapolated with 0.53 colour crops per image
 (colors: 94 prompts x 1 object, color_attr: 100 x 2, over 553; an upper bound, since only found
-objects are cropped) and one classifier per distinct coloured class (at most 80). The GPU line is an
-ESTIMATE, not a measurement: model FLOPs counted here (``torch.utils.flop_counter``) divided by a
-stated sustained throughput; small-batch detection is latency-bound, so real time is higher.
+objects are cropped) and one classifier per distinct coloured class (at most 80). The GPU lines are
+ESTIMATES, not measurements: model FLOPs counted here (``torch.utils.flop_counter``; the deformable
+attention's sampling is not counted) divided by a stated sustained throughput, a floor, and an
+assumed images-per-second rate for batch-1 detection, which is latency-bound.
 
     python benchmarks/bench_geneval_scoring.py --threads 2 --repeats 2
 """
@@ -98,6 +99,9 @@ def main():
     parser.add_argument("--gpu-tflops", type=float, default=100.0,
                         help="assumed SUSTAINED TFLOP/s for the estimate (default 100: about a third of an A100's "
                              "312 TF32/FP16 tensor-core peak)")
+    parser.add_argument("--gpu-images-per-s", type=float, default=10.0,
+                        help="ASSUMED images per second for the latency-bound estimate (batch-1 detection, PNG "
+                             "decoding, mask upsampling, a Python loop); not measured")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -147,6 +151,11 @@ def main():
     print(f"| per image ({CROPS_PER_IMAGE:.2f} crops) | {per_image:.2f} s | {f_image / 1e9:.0f} | {f_image / gpu * 1e3:.1f} ms |")
     print(f"| **{N_PROMPTS} x {IMAGES_PER_PROMPT} = {n_images} images** (+ {MAX_CLASSIFIERS} classifiers) | "
           f"**{total / 3600:.1f} h** | {f_total / 1e12:.0f} TFLOP | **{f_total / gpu / 60:.1f} min (estimate, FLOP-bound)** |")
+    print(f"\nGPU, latency-bound ESTIMATE at an assumed {args.gpu_images_per_s:g} images/s: "
+          f"{n_images / args.gpu_images_per_s / 60:.1f} min for {n_images} images (the FLOP bound above is a floor; "
+          f"batch-1 detection does not reach the sustained rate). Not measured: no GPU was available.")
+    print(f"CPU: torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f} at the end "
+          f"on {os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":

@@ -299,6 +299,26 @@ def test_tiny_models_write_a_full_results_jsonl(tmp_path, colors):
     assert all(r["reason"] == "expected computer mouse>=1, found 0" for r in rows if "mouse" in r["prompt"])
 
 
+def test_build_scorer_from_checkpoint_folders(tmp_path, clip_dir):
+    from segros.eval.geneval_scorers import build_scorer
+
+    tiny_mask2former(favour="cup").save_pretrained(tmp_path / "m2f")
+    scorer = build_scorer("transformers", detector=str(tmp_path / "m2f"), clip=clip_dir, color_backend="transformers",
+                          device="cpu", local_files_only=True, detector_kwargs={"scale": (64, 64)})
+    assert isinstance(scorer, TransformersScorer) and scorer.detector.scale == (64, 64)
+    assert scorer.labels()["detector"] == f"transformers Mask2Former {tmp_path / 'm2f'}"
+    assert scorer.labels()["color_model"] == f"transformers CLIP {clip_dir}"
+    meta = prompts()[:2]
+    generate_layout(tmp_path / "layout", meta, lambda batch, seed: [draw(p, seed) for p in batch], images_per_prompt=1,
+                    progress=False)
+    results = scorer.score(tmp_path / "layout", meta, images_per_prompt=1, progress=False)
+    assert results["n_images_scored"] == 2 and set(results["summary"]["tags"]) == {"single_object", "two_object"}
+    with pytest.raises(ValueError, match="color_backend"):
+        build_scorer("transformers", detector=str(tmp_path / "m2f"), color_backend="clip")
+    with pytest.raises(ValueError, match=r"unknown settings \['scale'\].*detector_kwargs"):
+        build_scorer("transformers", detector=str(tmp_path / "m2f"), scale=(64, 64))
+
+
 class Scripted:
     """A detector returning fixed detections (with masks) per image index, named like a real one."""
 

@@ -414,17 +414,24 @@ class TransformersScorer(GenEvalScorer):
 
     @classmethod
     def from_pretrained(cls, detector=DEFAULT_DETECTOR, clip=DEFAULT_CLIP, *, color_backend="auto",
-                        open_clip_pretrained=OFFICIAL_CLIP[1], device=None, **load):
+                        open_clip_pretrained=OFFICIAL_CLIP[1], device=None, detector_kwargs=None, color_kwargs=None,
+                        **load):
         """Build from a Mask2Former checkpoint and a colour backend: ``"open_clip"`` (GenEval's library,
         ``open_clip_pretrained`` a tag or a local file), ``"transformers"`` (``clip`` a CLIPModel
-        folder or hub id) or ``"auto"`` (open_clip when it imports, else transformers)."""
+        folder or hub id) or ``"auto"`` (open_clip when it imports, else transformers).
+        ``detector_kwargs`` / ``color_kwargs`` go to :class:`Mask2FormerDetector` / the colour class;
+        ``load`` (``local_files_only``, ``cache_dir``, ``revision``) to transformers' ``from_pretrained``."""
         if color_backend not in COLOR_BACKENDS:
             raise ValueError(f"color_backend must be one of {COLOR_BACKENDS}, got {color_backend!r}")
-        det = Mask2FormerDetector.from_pretrained(detector, device=device, **load)
+        unknown = sorted(set(load) - {"local_files_only", "cache_dir", "revision"})
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; detector settings go in detector_kwargs=, colour settings "
+                             f"in color_kwargs=, and only local_files_only / cache_dir / revision here")
+        det = Mask2FormerDetector.from_pretrained(detector, device=device, **load, **(detector_kwargs or {}))
         if color_backend == "open_clip" or (color_backend == "auto" and open_clip_available()):
-            colors = OpenClipColors(pretrained=open_clip_pretrained, device=device)
+            colors = OpenClipColors(pretrained=open_clip_pretrained, device=device, **(color_kwargs or {}))
         else:
-            colors = TransformersClipColors.from_pretrained(clip, device=device, **load)
+            colors = TransformersClipColors.from_pretrained(clip, device=device, **load, **(color_kwargs or {}))
         return cls(det, colors)
 
     def labels(self):
