@@ -33,7 +33,7 @@ def test_summary_equals_summary_scores_py(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
     # 553 prompts x 4 images with tags in a shuffled order, unequal tag sizes and per-tag success rates,
-    # 9 prompts with fewer images (a partial run), as GenEval writes results (pandas, JSON lines)
+    # 10 prompts with two images only (a partial run), as GenEval writes results (pandas, JSON lines)
     prompt_tags = rng.permutation(np.repeat(TAGS, [80, 99, 80, 94, 100, 100]))
     rate = dict(zip(TAGS, [0.97, 0.6, 0.5, 0.8, 0.2, 0.3]))
     for p, tag in enumerate(prompt_tags):
