@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.segros-installed
 RUNS   ?= runs
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: install test test-fast reproduce notebooks lab parity clean
+.PHONY: install test test-fast reproduce notebooks lab parity open-clip-check clean
 
 install: $(STAMP)
 
@@ -48,7 +48,7 @@ lab: install
 	$(BIN)/jupyter lab notebooks
 
 ## parity of the real adapters with the official code at tiny scale (tests/parity/). Give the
-## checkouts: make parity HARMON_REPO=... SHOWO_REPO=... RECA_REPO=... OPENUNI_REPO=...
+## checkouts: make parity HARMON_REPO=... SHOWO_REPO=... RECA_REPO=... OPENUNI_REPO=... GENEVAL_REPO=...
 ## (a family without its checkout is skipped); each family's pinned env is built once under .parity/
 PARITY_ENVS ?= .parity
 parity: install
@@ -59,7 +59,14 @@ parity: install
 	SEGROS_PARITY_SHOWO_REPO="$(SHOWO_REPO)" SEGROS_PARITY_SHOWO_PYTHON="$(abspath $(PARITY_ENVS))/showo/bin/python" \
 	SEGROS_PARITY_SHOWO_RECA_REPO="$(RECA_REPO)" \
 	SEGROS_PARITY_OPENUNI_REPO="$(OPENUNI_REPO)" SEGROS_PARITY_OPENUNI_PYTHON="$(abspath $(PARITY_ENVS))/openuni/bin/python" \
+	SEGROS_PARITY_GENEVAL_REPO="$(GENEVAL_REPO)" \
 	  $(BIN)/python -m pytest tests/parity -s -q -rs
+
+## the GenEval scorer's open_clip colour backend, in an environment where open_clip imports
+## (tests/test_geneval_detect.py skips those tests elsewhere); the env is built once under .parity/
+open-clip-check:
+	@[ -x "$(PARITY_ENVS)/open_clip/bin/python" ] || bash tests/parity/setup_open_clip_env.sh "$(PARITY_ENVS)/open_clip" || exit 1
+	PYTHONPATH="$(CURDIR)" $(PARITY_ENVS)/open_clip/bin/python -m pytest tests/test_geneval_detect.py -q -rs -k "open_clip or same_weights"
 
 clean:
 	rm -rf out .pytest_cache .parity

@@ -37,11 +37,26 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from segros.vocab import COLORS, RELATIONS, TAGS, relative_position  # noqa: F401  (relative_position: re-exported)
+from segros.vocab import COLORS, POSITION_THRESHOLD, RELATIONS, TAGS, relative_position  # noqa: F401  (re-exported)
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
+# GenEval's 80 object classes in the detector's label order (COCO's 80 "thing" categories, in
+# COCO order, spelt as GenEval's ``evaluation/object_names.txt``: COCO's "mouse", "remote" and
+# "keyboard" are "computer mouse", "tv remote" and "computer keyboard" there).
+OBJECTS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
+    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+COCO_ALIASES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard"}
 
 
 @dataclass
@@ -177,7 +192,9 @@ def summarize(rows):
 
     ``rows`` are dicts with at least ``tag``, ``correct`` and ``metadata`` (the prompt's JSON, used
     to count distinct prompts). Returns ``{"tags": {tag: acc}, "overall": mean of tag accuracies,
-    "n_images": int, "n_prompts": int, "image_accuracy": float}``.
+    "n_images": int, "n_prompts": int, "image_accuracy": float, "prompt_accuracy": float}``; the
+    last is the official "% correct prompts": the share of distinct prompts with at least one
+    correct image.
     """
     rows = list(rows)
     if not rows:
@@ -189,16 +206,18 @@ def summarize(rows):
                 raise ValueError(f"rows[{i}] is missing {key!r}")
         by_tag.setdefault(row["tag"], []).append(bool(row["correct"]))
     tags = {tag: float(np.mean(v)) for tag, v in by_tag.items()}
-    prompts = set()
+    prompts = {}
     for row in rows:
         key = row.get("metadata", row.get("prompt"))
-        prompts.add(key if isinstance(key, str) else json.dumps(key, sort_keys=True))
+        key = key if isinstance(key, str) else json.dumps(key, sort_keys=True)
+        prompts[key] = prompts.get(key, False) or bool(row["correct"])
     return {
         "tags": tags,
         "overall": float(np.mean(list(tags.values()))),
         "n_images": len(rows),
         "n_prompts": len(prompts),
         "image_accuracy": float(np.mean([bool(r["correct"]) for r in rows])),
+        "prompt_accuracy": float(np.mean(list(prompts.values()))),
     }
 
 
@@ -221,6 +240,10 @@ def read_metadata_jsonl(path):
 
 # -----------------------------------------------------------------------------
 # the generator's output layout: <out>/<%05d>/metadata.jsonl, <out>/<%05d>/samples/<%05d>.png
+# (GenEval's README draws the samples as 0000.png; its generation script, and Harmon's and
+# Show-o's GenEval scripts, write five digits; its evaluator reads any <digits>.png)
+
+SAMPLE_DIGITS = 5
 
 def _to_pil(image, where):
     if isinstance(image, Image.Image):
@@ -231,11 +254,52 @@ def _to_pil(image, where):
     return Image.fromarray(arr)
 
 
-def write_layout(out_dir, metadata_rows, images_per_prompt, grid=False):
-    """Lay images out as GenEval's generation scripts do.
+def sample_name(k, digits=SAMPLE_DIGITS):
+    """File name of image ``k`` in ``samples/``: ``00000.png`` with the default five digits."""
+    return f"{int(k):0{int(digits)}d}.png"
+
+
+def write_prompt_folder(out_dir, index, metadata, images, sample_digits=SAMPLE_DIGITS, grid=False):
+    """Write one prompt's folder ``<out>/<%05d index>/``: ``metadata.jsonl`` (ONE JSON object),
+    ``samples/<sample_name(k)>`` for each image and, with ``grid=True``, ``grid.png`` (a row).
+
+    Every file is written to a temporary name and renamed into place, so an interrupted run
+    never leaves a truncated PNG under a name GenEval would read. Returns the folder's path.
+    """
+    check_metadata(metadata, name=f"metadata of prompt {index}")
+    if len(images) == 0:
+        raise ValueError(f"prompt {index}: no images to write")
+    folder = os.path.join(out_dir, f"{int(index):05d}")
+    os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+    pils = [_to_pil(im, f"prompt {index} image {k}") for k, im in enumerate(images)]
+    for k, im in enumerate(pils):
+        _atomic_save(im, os.path.join(folder, "samples", sample_name(k, sample_digits)))
+    if grid:
+        w, h = pils[0].size
+        sheet = Image.new("RGB", (w * len(pils), h))
+        for k, im in enumerate(pils):
+            sheet.paste(im.resize((w, h)), (k * w, 0))
+        _atomic_save(sheet, os.path.join(folder, "grid.png"))
+    tmp = os.path.join(folder, ".metadata.jsonl.tmp")
+    with open(tmp, "w") as f:
+        json.dump(metadata, f)
+    os.replace(tmp, os.path.join(folder, "metadata.jsonl"))
+    return folder
+
+
+def _atomic_save(image, path):
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_layout(out_dir, metadata_rows, images_per_prompt, grid=False, sample_digits=SAMPLE_DIGITS):
+    """Lay images out as GenEval's generation script does (``generation/diffusers_generate.py``).
 
     ``<out>/<%05d>/metadata.jsonl`` holds ONE JSON object (read with ``json.load``, despite the
     name); ``<out>/<%05d>/samples/<%05d>.png`` the images; ``grid.png`` (optional) a row of them.
+    Prompt ``p`` of ``metadata_rows`` goes to folder ``p``; see :func:`write_prompt_folder`.
     """
     if len(metadata_rows) != len(images_per_prompt):
         raise ValueError(f"metadata_rows has {len(metadata_rows)} prompts but images_per_prompt has {len(images_per_prompt)}")
@@ -243,19 +307,8 @@ def write_layout(out_dir, metadata_rows, images_per_prompt, grid=False):
         check_metadata(meta, name=f"metadata_rows[{p}]")
         if len(images) == 0:
             raise ValueError(f"images_per_prompt[{p}] is empty")
-        folder = os.path.join(out_dir, f"{p:05d}")
-        os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
-        with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
-            json.dump(meta, f)
-        pils = [_to_pil(im, f"images_per_prompt[{p}][{k}]") for k, im in enumerate(images)]
-        for k, im in enumerate(pils):
-            im.save(os.path.join(folder, "samples", f"{k:05d}.png"))
-        if grid:
-            w, h = pils[0].size
-            sheet = Image.new("RGB", (w * len(pils), h))
-            for k, im in enumerate(pils):
-                sheet.paste(im.resize((w, h)), (k * w, 0))
-            sheet.save(os.path.join(folder, "grid.png"))
+    for p, (meta, images) in enumerate(zip(metadata_rows, images_per_prompt)):
+        write_prompt_folder(out_dir, p, meta, images, sample_digits=sample_digits, grid=grid)
 
 
 def read_layout(out_dir, expected_n=None, images_per_prompt=None):
