@@ -229,6 +229,10 @@ def test_model_batches_equal_the_backbones_own(files, tiny_harmon, real_harmon, 
         rows = [i2t.get(i) for i in raw["indices"]]
         same_batch(S.i2t_model_batch(bb, raw), bb.i2t_batch([r[0] for r in rows], [r[1] for r in rows],
                                                            [r[2] for r in rows]))
+        assert "preprocess_images" not in vars(bb)  # the backbone's own method is back
+        with pytest.raises(ValueError, match="same length|differ in length"):
+            S.i2t_model_batch(bb, {**raw, "answers": raw["answers"][:-1]})
+        assert "preprocess_images" not in vars(bb)
 
 
 def test_workers_give_the_same_batches(files, tiny_harmon):
