@@ -448,6 +448,7 @@ def test_paper_presets_without_data_name_the_papers_dataset(preset, dataset, lla
     S.require_data_source(ok)
     S.require_data_source(cfg.replace(t2i_data="shapes", i2t_data="shapes"))  # asked for explicitly
     S.require_data_source(get_preset("small"))  # the tiny families fall back to the shapes world
+    S.require_data_source(cfg.replace(method="none"))  # "w/o SFT" evaluates the checkpoint, trains nothing
 
 
 # ---- the config fields -------------------------------------------------------------------------

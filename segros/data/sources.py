@@ -455,13 +455,14 @@ def table1_row(backbone: str) -> Optional[str]:
 def require_data_source(config: TrainConfig) -> None:
     """Raise :class:`NoDataSourceError` when a real (paper) backbone has no data source.
 
-    Only the tiny families fall back to the shapes world; a real backbone needs ``t2i_data`` (and
-    ``i2t_data`` when it trains I2T), or ``"shapes"`` asked for explicitly. The message names the
+    Only the tiny families fall back to the shapes world; a real backbone that trains (any method
+    but "none") needs ``t2i_data`` (and ``i2t_data`` when it trains I2T), or ``"shapes"`` asked for
+    explicitly. The message names the
     dataset the paper used for that row (Table 1's dataset column, ``segros.paper.TABLE1_DATASET``).
     """
     from segros.paper import TABLE1_DATASET
 
-    if config.backbone.startswith("tiny-"):
+    if config.backbone.startswith("tiny-") or config.method == "none":  # "w/o SFT" trains nothing
         return
     missing = []
     row = table1_row(config.backbone)
