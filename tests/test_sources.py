@@ -119,6 +119,14 @@ def tiny_harmon():
 
 
 @pytest.fixture(scope="module")
+def tiny_showo():
+    from segros.backbones import build_backbone
+
+    torch.manual_seed(0)
+    return build_backbone("tiny-showo", n_fit=32)
+
+
+@pytest.fixture(scope="module")
 def real_harmon():
     from segros.backbones.harmon import build_harmon, tiny_tokenizer
 
@@ -208,6 +216,11 @@ def test_each_format_loads_and_preprocesses(files, fmt, tiny_harmon, real_harmon
             ref = bb.preprocess_images([src.get(i)[0] for i in raw["indices"]])
             assert torch.equal(raw["pixels"], ref)
             assert raw["texts"] == [caption(i) for i in raw["indices"]]
+    # two processes: disjoint halves of the same global batches, in rank order
+    one = [raw["indices"] for raw in S.make_loader(src, tiny_harmon.preprocess_images, batch_size=4, seed=2, stop=6)]
+    halves = [[raw["indices"] for raw in S.make_loader(src, tiny_harmon.preprocess_images, batch_size=4, seed=2,
+                                                       stop=6, rank=r, world_size=2)] for r in range(2)]
+    assert [a + b for a, b in zip(*halves)] == one and all(len(a) == 2 for a in halves[0])
 
 
 def test_other_caption_column_and_explicit_files(files):
@@ -218,10 +231,10 @@ def test_other_caption_column_and_explicit_files(files):
     assert len(src) == 8 and src.get(0)[1] == caption(8)
 
 
-def test_model_batches_equal_the_backbones_own(files, tiny_harmon, real_harmon, real_showo):
+def test_model_batches_equal_the_backbones_own(files, tiny_harmon, tiny_showo, real_harmon, real_showo):
     t2i = S.open_t2i(files["saved"], cache_dir=files["cache"])
     i2t = S.open_llava(files["llava"], files["llava_root"], cache_dir=files["cache"])
-    for bb in (tiny_harmon, real_harmon, real_showo):
+    for bb in (tiny_harmon, tiny_showo, real_harmon, real_showo):
         raw = next(iter(S.make_loader(t2i, bb.preprocess_images, batch_size=4, seed=0, stop=1)))
         images = [t2i.get(i)[0] for i in raw["indices"]]
         same_batch(S.t2i_model_batch(bb, raw), bb.t2i_batch(images, raw["texts"]))
