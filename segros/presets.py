@@ -96,6 +96,13 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 10
     ckpt_every: int = 50
+    # real training data (segros.data.sources, docs/data.md). None: the shapes world (tiny backbones);
+    # "shapes": the shapes world asked for explicitly (any backbone). Not in the config hash at default.
+    t2i_data: typing.Optional[str] = None        # hub id, save_to_disk folder, parquet folder/files, glob of tars
+    t2i_caption: typing.Optional[str] = None     # caption column / webdataset key; None: the first of prompt, txt, caption, text
+    i2t_data: typing.Optional[str] = None        # LLaVA-Instruct JSON (or JSONL)
+    i2t_image_root: typing.Optional[str] = None  # folder its "image" paths are relative to
+    max_skip_frac: float = 0.01                  # a run stops when more of a source's samples are unreadable
 
     def __post_init__(self):
         validate(self)
@@ -111,10 +118,15 @@ class TrainConfig:
         return dataclasses.replace(self, **coerced)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        """Every field, except those of ``HASH_NEUTRAL`` at their default (so that adding them kept
+        every stored config hash); a left-out key reads as its default (``d["t2i_data"]`` is None)."""
+        d = _ConfigDict(dataclasses.asdict(self))
         d["betas"] = list(self.betas)
         d["frozen"] = list(self.frozen)
         d["eval_seeds"] = list(self.eval_seeds)
+        for key, default in HASH_NEUTRAL.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -128,6 +140,21 @@ class TrainConfig:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+# Fields added after runs were stored: left out of to_dict() (hence out of the config hash and of
+# config.json) while at these defaults, so every stored run keeps its hash and its name.
+HASH_NEUTRAL = {"t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
+                "max_skip_frac": 0.01}
+
+
+class _ConfigDict(dict):
+    """A ``to_dict()`` result: a key of ``HASH_NEUTRAL`` that was left out reads as its default."""
+
+    def __missing__(self, key):
+        if key in HASH_NEUTRAL:
+            return HASH_NEUTRAL[key]
+        raise KeyError(key)
 
 
 def field_names():
@@ -233,6 +260,29 @@ def validate(c: TrainConfig):
         raise ValueError(f"n_qa_train ({c.n_qa_train}) must be >= batch_size ({c.batch_size}) when I2T is on")
     if not c.eval_seeds or not all(isinstance(s, int) for s in c.eval_seeds):
         raise ValueError(f"eval_seeds must be a non-empty tuple of ints; got {c.eval_seeds!r}")
+    _validate_data(c)
+
+
+def _validate_data(c: TrainConfig):
+    """The data fields: strings or None, in combinations that name one source each (docs/data.md).
+
+    Paths are checked when the sources are built (segros.data.sources), not here: a stored config
+    must reopen on a machine without the data."""
+    for key in ("t2i_data", "t2i_caption", "i2t_data", "i2t_image_root"):
+        v = getattr(c, key)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ValueError(f"{key} must be a non-empty string or None; got {v!r}")
+    if c.t2i_caption is not None and c.t2i_data in (None, "shapes"):
+        raise ValueError(f"t2i_caption ({c.t2i_caption!r}) names a column of t2i_data, which is {c.t2i_data!r}; "
+                         "set t2i_data too")
+    if c.i2t_data not in (None, "shapes") and c.i2t_image_root is None:
+        raise ValueError(f"i2t_data ({c.i2t_data!r}) needs i2t_image_root, the folder its image paths are relative to")
+    if c.i2t_image_root is not None and c.i2t_data in (None, "shapes"):
+        raise ValueError(f"i2t_image_root ({c.i2t_image_root!r}) is set but i2t_data is {c.i2t_data!r}; "
+                         "set i2t_data to the LLaVA JSON")
+    if isinstance(c.max_skip_frac, bool) or not isinstance(c.max_skip_frac, (int, float)):
+        raise ValueError(f"max_skip_frac must be a number in [0, 1]; got {c.max_skip_frac!r}")
+    _check_range("max_skip_frac", c.max_skip_frac, 0.0, 1.0)
 
 
 # -----------------------------------------------------------------------------
