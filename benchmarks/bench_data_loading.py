@@ -5,7 +5,7 @@ about 0.2 MB each at quality 90) twice, as a webdataset tar folder (``jpg`` + ``
 as a parquet folder (``image`` / ``prompt`` / ``llava``, the MidjourneyV6 layout), opens each with
 :func:`segros.data.sources.open_t2i` and reads them through :func:`segros.data.sources.make_loader`
 with 1, 2, ... DataLoader workers (``--workers``), decoding and preprocessing to ``--target`` px with
-the real adapters' own function (:func:`segros.backbones.base.resize_to_pixels`, what Harmon's and
+the real adapters' own function (:func:`segros.backbones.inputs.resize_to_pixels`, what Harmon's and
 OpenUni's ``preprocess_images`` call at 512 px). It prints images/s in all and per worker.
 
 Next to it, the estimated demand of one GPU: the FLOP table's model FLOPs of one micro-step
@@ -109,7 +109,7 @@ def throughput(source, target: int, workers: int, batch: int) -> tuple[float, fl
     """(images/s through make_loader over every full batch after one warm-up batch, CPU ms per image
     of the decoding processes over all batches). The CPU time does not depend on what else the
     machine runs; the wall-clock rate does."""
-    from segros.backbones.base import resize_to_pixels
+    from segros.backbones.inputs import resize_to_pixels
     from segros.data.sources import make_loader
 
     steps = len(source) // batch

@@ -49,11 +49,22 @@ def manifest():
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.SegrosLMMS")
 
 
+def _is_run_folder(folder: str) -> bool:
+    """A run folder of the store: its config.json holds a config and its hash."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        meta = json.load(f)
+    return isinstance(meta.get("config"), dict) and "hash" in meta
+
+
 def load_model(run: str | None = None, preset: str | None = None, backbone: str | None = None,
                backbone_kwargs: dict | str | None = None, device: str | None = None, dtype: str | None = None):
     """The backbone to evaluate, in eval mode, on ``device`` and in ``dtype`` (see the module docstring).
 
-    ``run``: :func:`segros.backbones.load_backbone` (a run folder or a saved tiny checkpoint).
+    ``run``: a run folder of the store (:func:`segros.pipeline.open_run`) or a saved tiny checkpoint
+    (:func:`segros.backbones.load_backbone`).
     Otherwise ``backbone`` (or ``preset``'s backbone) built by :func:`segros.backbones.build_backbone`
     with ``backbone_kwargs`` (a dict or its JSON; the preset's own ``backbone_kwargs`` first).
     """
@@ -74,7 +85,9 @@ def load_model(run: str | None = None, preset: str | None = None, backbone: str 
             raise ValueError("give either run=<run folder> or backbone/preset (+ backbone_kwargs), not both")
         if not os.path.isdir(run):
             raise ValueError(f"run={run!r} is not a folder")
-        model = load_backbone(run)
+        from segros.pipeline import open_run
+
+        model = open_run(run) if _is_run_folder(run) else load_backbone(run)
     else:
         kwargs = {}
         if preset is not None:

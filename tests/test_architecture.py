@@ -28,7 +28,7 @@ LAYERS = {
     "segros.train": 7, "segros.inference": 7,
     "segros.pipeline": 8,
     "segros.stats": 9, "segros.tables": 9.5,
-    "segros.viz": 10, "segros.notebooks": 10.5, "segros.train.__main__": 10.5,
+    "segros.viz": 10, "segros.notebooks": 10.5, "segros.train.__main__": 10.5, "segros.lmms_model": 10.5,
 }
 
 

@@ -210,7 +210,7 @@ def test_colour_of_each_object_is_the_argmax_over_its_masked_crop(colors):
             feats = colors.model.get_image_features(pixel_values=pixels)
             feats = F.normalize(feats if torch.is_tensor(feats) else feats.pooler_output, dim=-1)
             assert torch.allclose(logits[k], 100 * (feats @ colors.text_weights("apple"))[0], atol=1e-3)
-    assert colors(image, objects, "apple") == [COLORS[i] for i in logits.argmax(1)]
+    assert colors(image, objects, "apple") == [tuple(COLORS)[i] for i in logits.argmax(1)]
     assert colors(image, [], "apple") == []
     assert colors.name.startswith("transformers CLIP ")
 
@@ -236,7 +236,7 @@ def test_open_clip_backend_follows_the_same_rule():
             mean = F.normalize(feats, dim=-1).mean(0)
             cols.append(mean / mean.norm())
         img = F.normalize(model.encode_image(preprocess(masked_crop(image, objects[0].box, mask))[None]), dim=-1)
-    expected = COLORS[int((img @ torch.stack(cols, 1)).argmax())]
+    expected = tuple(COLORS)[int((img @ torch.stack(cols, 1)).argmax())]
     assert colors(image, objects, "cup") == [expected]
     # our torchvision-free transform equals open_clip's on crops of several shapes ...
     for box in [(4, 4, 30, 30), (0, 10, 47, 20), (10, 0, 13, 48)]:

@@ -58,9 +58,12 @@ def _resolves(dotted: str) -> bool:
         if not Path(obj.__file__).resolve().is_relative_to(ROOT):  # another install of segros
             return False
         for attr in parts[k:]:
-            if not hasattr(obj, attr):
+            try:
+                obj = getattr(obj, attr)
+            except AttributeError:
                 return False
-            obj = getattr(obj, attr)
+            except ImportError:  # a name behind an optional dependency (segros.lmms_model.SegrosLMMS)
+                return True
         return True
     return False
 

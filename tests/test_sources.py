@@ -480,17 +480,17 @@ def test_data_fields_validate_and_coerce():
 
 
 def test_new_fields_keep_every_stored_hash():
-    from segros import runs
+    from segros import store
 
     root = os.path.join(os.path.dirname(__file__), "..", "runs")
     stored = sorted(glob.glob(os.path.join(root, "*", "*", "config.json")))
     assert len(stored) > 10
     for path in stored:
         meta = json.loads(open(path).read())
-        assert runs.config_hash(TrainConfig.from_dict(meta["config"])) == meta["hash"], path
+        assert store.config_hash(TrainConfig.from_dict(meta["config"])) == meta["hash"], path
     small = get_preset("small")
     assert "t2i_data" not in small.to_dict() and small.to_dict()["t2i_data"] is None
     moved = small.replace(t2i_data="/d/*.tar")
-    assert runs.config_hash(moved) != runs.config_hash(small) and moved.to_dict()["t2i_data"] == "/d/*.tar"
-    assert runs.run_name(moved) == "segros_t2i_data=-d-*.tar"
-    assert runs.run_name(small.replace(max_skip_frac=0.05)) == "segros_max_skip_frac=0.05"
+    assert store.config_hash(moved) != store.config_hash(small) and moved.to_dict()["t2i_data"] == "/d/*.tar"
+    assert store.run_name(moved) == "segros_t2i_data=-d-*.tar"
+    assert store.run_name(small.replace(max_skip_frac=0.05)) == "segros_max_skip_frac=0.05"

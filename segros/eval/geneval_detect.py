@@ -274,7 +274,7 @@ class ZeroShotColors:
 
     name = "clip"
 
-    def __init__(self, *, device=None, amp="auto", colors=COLORS, templates=COLOR_TEMPLATES, bgcolor=BGCOLOR,
+    def __init__(self, *, device=None, amp="auto", colors=tuple(COLORS), templates=COLOR_TEMPLATES, bgcolor=BGCOLOR,
                  crop=True, batch_size=CROP_BATCH):
         self.device = torch.device(device or default_device())
         if amp not in ("auto", True, False):

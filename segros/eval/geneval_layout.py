@@ -17,7 +17,7 @@ Layout (GenEval's ``generation/diffusers_generate.py``; see ``docs/evaluation.md
 Seeds (``seed_mode``): ``"prompt"`` (default) is what GenEval's generation script and Harmon's and
 Show-o's GenEval scripts do: the same seed before every prompt, and the prompt's four images
 drawn in one batch, ``generate([prompt] * 4, seed)``. ``"image"`` batches prompts instead: image
-``k`` of every prompt comes from ``generate(prompts, seed + k)`` (what :mod:`segros.evaluate`
+``k`` of every prompt comes from ``generate(prompts, seed + k)`` (what :mod:`segros.inference`
 does on shapes-world prompts).
 """
 

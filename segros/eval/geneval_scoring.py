@@ -60,7 +60,7 @@ def summarize_results_file(path):
 
 def as_percentages(results):
     """``{tag: %, ..., "overall": %, "n_images": n}`` from :meth:`GenEvalScorer.score`'s results
-    (the shape :func:`segros.evaluate.geneval_scores` returns); a partial result keeps ``"partial": True``."""
+    (the shape :func:`segros.inference.geneval_scores` returns); a partial result keeps ``"partial": True``."""
     summary = results["summary"]
     out = {tag: 100.0 * summary["tags"][tag] for tag in TAGS if tag in summary["tags"]}
     out["overall"] = 100.0 * summary["overall"]
