@@ -43,6 +43,16 @@ LOSS_ON = ("masked", "top_masked")                 # Table 6: every masked token
 SCHEDULES = ("uniform", "truncnorm", "cosine")     # masking-ratio schedules (segros.supervision.sample_gamma)
 GAMMA_PER = ("batch", "sample")                    # one γ per batch (MAR) or per sample
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# what a dropped caption (classifier-free guidance training) takes away on a hinted path: the caption
+# and the hints (the row trains the unconditional branch generation uses), or the caption only
+COND_DROPOUT = ("caption_and_hints", "caption")
+# which text-embedding table grounding reads (§8.1 "frozen internal text embedding layers"): a frozen
+# snapshot taken when fine-tuning starts (the table itself trains), the table frozen for real, or the
+# live, training table (the package before this switch existed)
+TEXT_EMBEDDINGS = ("snapshot", "frozen", "live")
+# the methods that ground with the caption (Eqs. 3-11), and those that feed hints to the model
+GROUNDING_METHODS = ("segros", "reca_hint_filter")
+HINTED_METHODS = ("segros", "reca", "reca_hint_filter")
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class TrainConfig:
     tau: float = 1.0
     alpha: float = 0.5
     text_filter: str = "both"        # Table 4: "both" | "intra" | "inter" | "none"
+    stopwords: bool = True           # Fig. 3: function words (segros.vocab.STOPWORDS) take no part in grounding
+    text_embeddings: str = "snapshot"  # §8.1: "snapshot" | "frozen" | "live" (TEXT_EMBEDDINGS)
+    cond_dropout: str = "caption_and_hints"  # a dropped caption on a hinted path: COND_DROPOUT
     hint_from: str = "top"           # Table 5/6 switches
     seen_from: str = "bottom"
     loss_on: str = "masked"          # "masked" | "top_masked" (Table 6 drop-loss)
@@ -119,13 +132,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Every field, except those of ``HASH_NEUTRAL`` at their default (so that adding them kept
-        every stored config hash); a left-out key reads as its default (``d["t2i_data"]`` is None)."""
+        every stored config hash) and those of ``METHOD_NEUTRAL`` that the config's method does not
+        read; a left-out key reads as its default (``d["t2i_data"]`` is None)."""
         d = _ConfigDict(dataclasses.asdict(self))
         d["betas"] = list(self.betas)
         d["frozen"] = list(self.frozen)
         d["eval_seeds"] = list(self.eval_seeds)
         for key, default in HASH_NEUTRAL.items():
             if d[key] == default:
+                del d[key]
+        for key, (methods, values) in METHOD_NEUTRAL.items():
+            if self.method not in methods and d[key] in values:
                 del d[key]
         return d
 
@@ -148,17 +165,34 @@ HASH_NEUTRAL = {"t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_im
                 "max_skip_frac": 0.01}
 
 
+# Fields added after runs were stored whose value a method that does not read them cannot change:
+# key -> (the methods that read it, the values that change nothing elsewhere). Left out of
+# to_dict() for the other methods, so the SFT and "w/o SFT" runs and every shared base keep their
+# hashes, while every grounding or hinted run gets a new one (its results change with the field).
+METHOD_NEUTRAL = {
+    "stopwords": (GROUNDING_METHODS, (True, False)),
+    "text_embeddings": (GROUNDING_METHODS, ("snapshot", "live")),  # "frozen" freezes the table for every method
+    "cond_dropout": (HINTED_METHODS, COND_DROPOUT),
+}
+
+
 class _ConfigDict(dict):
-    """A ``to_dict()`` result: a key of ``HASH_NEUTRAL`` that was left out reads as its default."""
+    """A ``to_dict()`` result: a key that was left out (``HASH_NEUTRAL``, ``METHOD_NEUTRAL``) reads as
+    its default."""
 
     def __missing__(self, key):
         if key in HASH_NEUTRAL:
             return HASH_NEUTRAL[key]
+        if key in METHOD_NEUTRAL:
+            return _FIELD_DEFAULTS[key]
         raise KeyError(key)
 
 
 def field_names():
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in METHOD_NEUTRAL}
 
 
 def coerce(key, value, typ):
@@ -225,6 +259,10 @@ def validate(c: TrainConfig):
     _check_choice("seen_from", c.seen_from, SEEN_FROM)
     _check_choice("loss_on", c.loss_on, LOSS_ON)
     _check_choice("precision", c.precision, PRECISIONS)
+    _check_choice("text_embeddings", c.text_embeddings, TEXT_EMBEDDINGS)
+    _check_choice("cond_dropout", c.cond_dropout, COND_DROPOUT)
+    if not isinstance(c.stopwords, bool):
+        raise ValueError(f"stopwords must be True or False; got {c.stopwords!r}")
     if c.mask_schedule is not None:
         _check_choice("mask_schedule", c.mask_schedule, SCHEDULES)
     if c.gamma_per is not None:

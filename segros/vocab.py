@@ -8,12 +8,19 @@ below both (``docs/architecture.md``, layer 3):
   shapes world paints them in), its four relations (:data:`RELATIONS`) and its position rule
   (:func:`relative_position`, margin :data:`POSITION_THRESHOLD`);
 - the shapes world's object classes (:data:`SHAPES`) and their geometry (:func:`shape_mask`, which
-  the renderer fills and the detector compares against), and the number words of its captions.
+  the renderer fills and the detector compares against), and the number words of its captions;
+- the function words that take no part in grounding (:data:`STOPWORDS`, Fig. 3's caption: "Text
+  scores exclude non-semantic functional stopwords") and :func:`stopword_mask`, which finds them in
+  token ids of any tokenizer family, word by word.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+
 import numpy as np
+import torch
 
 # GenEval's tags, colour names and relations (the official evaluation script's lists)
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -38,6 +45,77 @@ COLORS = {
 # the shapes world's object classes (single words, so GenEval's templates read naturally)
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 NUMBERS = ("zero", "one", "two", "three", "four")
+
+
+# Function words: articles and determiners, pronouns, auxiliary and copular verbs, conjunctions and
+# the prepositions that carry no spatial relation of their own. Written for this package. The
+# relation words of GenEval's prompts ("left", "right", "above", "below", "top"), number words,
+# colours and nouns are content words and stay; "of", "to", "the", "on" in "left of", "to the left
+# of", "on top of" are function words and go.
+STOPWORDS = frozenset("""
+a an the this that these those some any each every either neither no
+i me my we us our you your he him his she her it its they them their there here
+is are was were be been being am do does did has have had will would shall should can could may might must
+and or but nor so yet if then than as because while
+of to in on at by for from with without into onto upon about against among through
+""".split())
+
+_WORD_EDGE = re.compile(r"^\W+|\W+$")
+
+
+def is_stopword(word: str) -> bool:
+    """Whether ``word`` (any case, surrounding punctuation ignored) is in :data:`STOPWORDS`."""
+    return _WORD_EDGE.sub("", word.strip().lower()) in STOPWORDS
+
+
+@functools.lru_cache(maxsize=65536)
+def _stopword_flags(decode, ids: tuple) -> tuple:
+    """One flag per id of a caption span: True for every piece of a word in :data:`STOPWORDS`."""
+    flags, words, text = [], [], ""
+    for j in range(len(ids)):
+        now = decode(list(ids[:j + 1]))
+        piece = now[len(text):] if now.startswith(text) else decode([ids[j]])
+        text = now
+        if j == 0 or piece[:1].isspace() or not words:  # a piece that opens with a space starts a word
+            words.append([j])
+        else:
+            words[-1].append(j)
+    flags = [False] * len(ids)
+    for word in words:
+        stop = is_stopword(decode([ids[k] for k in word]))
+        for k in word:
+            flags[k] = stop
+    return tuple(flags)
+
+
+def stopword_mask(input_ids: torch.Tensor, text_valid: torch.Tensor, decode) -> torch.Tensor:
+    """bool [B, L]: the valid tokens that belong to a word of :data:`STOPWORDS`.
+
+    Applied to words, not sub-word pieces, for any tokenizer family: each run of consecutive valid
+    tokens (a caption span) is decoded piece by piece with ``decode`` (ids -> str, a tokenizer's
+    ``decode``); a piece whose text opens with whitespace starts a new word (byte-level BPE's "Ġ",
+    SentencePiece's "▁", a word-level tokenizer's joining space), the others continue the word before.
+    A word is a stopword when its decoded text is (:func:`is_stopword`), and then every one of its
+    pieces is marked. Invalid tokens are never marked.
+    """
+    if input_ids.shape != text_valid.shape or input_ids.ndim != 2:
+        raise ValueError(f"input_ids and text_valid must both be [B, L], got {tuple(input_ids.shape)} "
+                         f"and {tuple(text_valid.shape)}")
+    ids, valid = input_ids.tolist(), text_valid.bool().tolist()
+    out = torch.zeros(input_ids.shape, dtype=torch.bool)
+    for b, (row, ok) in enumerate(zip(ids, valid)):
+        j = 0
+        while j < len(row):
+            if not ok[j]:
+                j += 1
+                continue
+            k = j
+            while k < len(row) and ok[k]:
+                k += 1
+            flags = _stopword_flags(decode, tuple(row[j:k]))
+            out[b, j:k] = torch.tensor(flags, dtype=torch.bool)
+            j = k
+    return out.to(text_valid.device)
 
 
 # -----------------------------------------------------------------------------

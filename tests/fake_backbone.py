@@ -31,6 +31,16 @@ PAD, BOS, EOS = 0, 1, 2
 COLORS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 40, 230), "yellow": (230, 220, 30)}
 
 
+class Words:
+    """The fake tokenizer's ``decode`` (ids -> words joined by spaces; specials and unknown ids as "")."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def decode(self, ids):
+        return " ".join(self.words.get(int(i), "") for i in ids)
+
+
 class FakeBackbone(Backbone):
     family = "fake"
     gamma_per = "sample"
@@ -48,6 +58,7 @@ class FakeBackbone(Backbone):
         self.target_grid_hw = (image_size // tp, image_size // tp)
         self.gamma_per = gamma_per
         self.words = {}  # id -> word, filled by tokenisation
+        self.tokenizer = Words(self.words)  # decode, for the stopword mask of grounding
         D = width
         self.tok = nn.Embedding(vocab, D)
         self.patch_in = nn.Linear(3 * patch * patch, D)

@@ -16,6 +16,7 @@ from segros.grounding import ground
 from segros.presets import METHODS, PRESETS, TrainConfig, get_preset
 from segros.supervision import perturb, sample_gamma
 from segros.train import TrainData, batch_indices, lr_at, make_t2i_batch, micro_schedule, t2i_step, train
+from segros.train.steps import grounding_valid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,9 +89,13 @@ def test_segros_step_hints_and_mask_counts():
     assert spy.hints.shape == (8, math.floor(0.3 * N), spy.width)
     assert spy.sup.masked.sum(1).tolist() == [math.floor(gamma * N)] * 8
     # the hints are the top-⌊ηN⌋ tokens of m̃ (replayed), in raster order, gathered from embed_image
+    # grounding reads the caption's content words only ("a", "on", "the" of "a red square on the left" go)
+    valid = grounding_valid(spy, batch, cfg)
+    words = [[spy.words[int(i)] for i in row[v]] for row, v in zip(batch["input_ids"], valid)]
+    assert all(len(w) == 3 and w[1] == "square" for w in words), words
     with torch.no_grad():
         z_image = spy.embed_image(batch["pixels"]).z_image
-        g = ground(spy.embed_text(batch["input_ids"]), z_image, batch["text_valid"], rho=cfg.rho, tau=cfg.tau)
+        g = ground(spy.embed_text(batch["input_ids"]), z_image, valid, rho=cfg.rho, tau=cfg.tau)
     m_tilde = perturb(g.m_bar, cfg.alpha, generator=replay)
     top = torch.topk(m_tilde, 4, dim=1).indices.sort(dim=1).values
     assert torch.equal(spy.sup.hint_idx, top)

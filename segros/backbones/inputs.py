@@ -142,13 +142,21 @@ class CaptionDropout:
 
     In ``t2i_loss`` (:meth:`sft_conditions`), only without hints and in training mode, each row's
     prompt becomes the family's unconditional prompt (``tokenize_prompts([""])``) with probability
-    ``cfg.cond_dropout_prob``; the hinted paths (SeGroS, the Reca baselines) never drop. The family
+    ``cfg.cond_dropout_prob``; on the hinted paths (SeGroS, the Reca baselines) the method's step
+    drops rows with the same probability, caption and hints together by default
+    (``segros.train.steps.t2i_step``), so this class never drops there. The family
     says how the rows are drawn, as its official code does (:meth:`draw_dropped`), and, if its rows
     are right-padded to the batch's longest, the id that pads a shorter unconditional row
     (``prompt_pad_id``; None for a family whose rows all have one fixed width).
     """
 
     prompt_pad_id: int | None = None
+
+    @property
+    def cond_dropout_prob(self) -> float:
+        """The probability that a training row loses its caption (``cfg.cond_dropout_prob``); the
+        method's step drops hinted rows with it (``segros.train.steps.t2i_step``)."""
+        return self.cfg.cond_dropout_prob
 
     def draw_dropped(self, batch_size: int, generator=None) -> torch.Tensor:
         """bool [B]: the rows whose caption is dropped."""

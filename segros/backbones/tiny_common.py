@@ -11,9 +11,12 @@ Conventions used by both (written down here):
   with the Fig. 6 mask (visual tokens bidirectional among themselves, text causal and seeing every
   visual token) — the layout Show-o uses for its CLIP understanding path. Labels are the answer
   words and the closing [EOS]; the loss is the shifted next-token NLL averaged over labelled tokens.
-* Classifier-free guidance: during training (``self.training``) each T2I sample's prompt is
-  replaced with the empty prompt ``[BOS][EOS]`` with probability ``cfg_drop_prob`` (torch's
-  global RNG, so the training loop's seed fixes it); hints are kept.
+* Classifier-free guidance: during training (``self.training``), on the path without hints (SFT
+  and base pretraining), each T2I sample's prompt is replaced with the empty prompt ``[BOS][EOS]``
+  with probability ``cfg_drop_prob`` (torch's global RNG, so the training loop's seed fixes it),
+  as the real families' :class:`segros.backbones.inputs.CaptionDropout`. On the hinted paths the
+  method's step drops rows, with the same probability (:attr:`cond_dropout_prob`), caption and hints
+  together by default (``segros.train.steps.t2i_step``; ``docs/conventions.md``).
 * :meth:`alignment_loss` is the *alignment stage* of base pretraining (``docs/conventions.md``,
   "The shared base"): a from-scratch model has no text–patch alignment at the input level, which real UMMs
   inherit from their pretrained encoders. It is FILIP (Yao et al. 2021) with three changes,
@@ -130,9 +133,16 @@ class TinyBackbone(Backbone):
             x = F.interpolate(x.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         return x.float()
 
-    def drop_prompts(self, input_ids, attention_mask):
-        """CFG training: replace each prompt by ``[BOS][EOS]`` with probability cfg_drop_prob."""
-        if not self.training or self.config.cfg_drop_prob <= 0:
+    @property
+    def cond_dropout_prob(self) -> float:
+        """The probability that a training row loses its caption (classifier-free guidance)."""
+        return self.config.cfg_drop_prob
+
+    def drop_prompts(self, input_ids, attention_mask, hints=None):
+        """CFG training on the path without hints: replace each prompt by ``[BOS][EOS]`` with
+        probability cfg_drop_prob. With hints (the method's step drops those rows) it returns the
+        prompts unchanged."""
+        if hints is not None or not self.training or self.config.cfg_drop_prob <= 0:
             return input_ids, attention_mask
         drop = torch.rand(input_ids.shape[0]) < self.config.cfg_drop_prob
         if not drop.any():

@@ -232,7 +232,7 @@ class TinyHarmon(TinyBackbone):
         if hints is not None and (hints.ndim != 3 or hints.shape[0] != b or hints.shape[2] != self.width):
             raise ValueError(f"hints must be [{b}, H, {self.width}], got {tuple(hints.shape)}")
         latents = self.autoencoder.encode(batch["pixels"])
-        ids, am = self.drop_prompts(batch["input_ids"], batch["attention_mask"])
+        ids, am = self.drop_prompts(batch["input_ids"], batch["attention_mask"], hints)
         z = self.conditions(hints, ids, am, latents, supervision.seen.bool())
         return diffusion_mse(self.diffusion_head, latents, z, supervision.loss_weight.float(), self.schedule,
                              num_samples=self.config.diff_num_samples)

@@ -134,7 +134,7 @@ class TinyShowo(TinyBackbone):
             raise ValueError("supervision.loss_weight sums to 0: nothing to reconstruct")
         codes = self.image_tokenizer.encode(batch["pixels"])
         image_ids = torch.where(supervision.masked.bool(), torch.full_like(codes, self.mask_id), codes + self.code_offset)
-        ids, am = self.drop_prompts(batch["input_ids"], batch["attention_mask"])
+        ids, am = self.drop_prompts(batch["input_ids"], batch["attention_mask"], hints)
         logits = self.code_logits(hints, ids, am, image_ids)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
         return (nll.reshape(b, n) * weight).sum() / weight.sum()

@@ -32,7 +32,7 @@ from segros.backbones.registry import check_backbone, from_config
 from segros.presets import TrainConfig, autocast, resolve_precision
 from segros.rng import seed_everything
 from segros.train.data import TrainData, make_i2t_batch, make_t2i_batch, micro_schedule, shapes_data, to_device
-from segros.train.steps import finetune_objective, pretrain_objective
+from segros.train.steps import finetune_objective, prepare_text_embeddings, pretrain_objective
 
 
 # -----------------------------------------------------------------------------
@@ -104,6 +104,9 @@ class Trainer:
         self.schedule = micro_schedule(config)
         self.precision = resolve_precision(config.precision)
         freeze(backbone, config.frozen)
+        # §8.1's frozen text embeddings (config.text_embeddings): before the optimizer sees the table
+        # and before a checkpoint is restored, so a resumed run snapshots the start weights too
+        prepare_text_embeddings(backbone, config)
         self.accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=len(self.schedule))
         optimizer = make_optimizer(backbone, config)

@@ -7,10 +7,14 @@ batch, generator) -> (loss, t2i_loss_value)``. :func:`finetune_objective` is the
 :func:`pretrain_objective` is the "w/o SFT" base's (SFT-style masking plus the family's alignment
 loss). The loop never branches on which one it runs.
 
-Where the paper is silent (``docs/conventions.md`` has the full list): grounding uses the frozen
-text-embedding table and ``embed_image`` detached, the hints are the same ``embed_image`` outputs
-with gradient; the Reca baselines condition on a caption-free prompt (:func:`without_text`); one
-``torch.Generator`` drives γ, the masks and ξ of Eq. 12.
+Where the paper is silent (``docs/conventions.md`` has the full list, ``docs/fidelity.md`` the
+readings chosen): grounding reads a frozen snapshot of the text-embedding table taken when
+fine-tuning starts (:func:`prepare_text_embeddings`) and ``embed_image`` detached, without the
+function words of :data:`segros.vocab.STOPWORDS` (:func:`grounding_valid`); the hints are the same
+``embed_image`` outputs with gradient; on a hinted path a row whose caption is dropped (classifier-free
+guidance) loses its hints too (:func:`hinted_loss`); the Reca baselines condition on a caption-free
+prompt (:func:`without_text`); one ``torch.Generator`` drives γ, the masks, ξ of Eq. 12 and the
+dropped rows.
 """
 
 from __future__ import annotations
@@ -18,12 +22,89 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from segros.grounding import ground
-from segros.presets import TrainConfig
+from segros.presets import GROUNDING_METHODS, TrainConfig
 from segros.supervision import (Supervision, build_supervision, perturb, random_supervision, resample_map,
                                 sample_gamma)
 from segros.train.data import to_device
+from segros.vocab import stopword_mask
+
+
+# -----------------------------------------------------------------------------
+# the text-embedding table grounding reads (§8.1)
+
+def text_embedding_module(backbone) -> torch.nn.Embedding:
+    """The ``nn.Embedding`` that ``backbone.embed_text`` looks its ids up in (found by running it once
+    on one id with a forward hook on every embedding of the model). Raises ValueError when
+    ``embed_text`` is not exactly one embedding lookup."""
+    seen = []
+    embeddings = [m for m in backbone.modules() if isinstance(m, torch.nn.Embedding)]
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append(m)) for m in embeddings]
+    device = next(backbone.parameters()).device
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            out = backbone.embed_text(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    found = list(dict.fromkeys(seen))
+    if len(found) != 1:
+        raise ValueError(f"{type(backbone).__name__}.embed_text uses {len(found)} nn.Embedding modules; the "
+                         "text-embedding snapshot needs exactly one")
+    with torch.no_grad():
+        ref = F.embedding(ids.to(found[0].weight.device), found[0].weight)
+        if not torch.equal(out.float().to(ref.device), ref.float()):
+            raise ValueError(f"{type(backbone).__name__}.embed_text is not a plain lookup of its embedding table")
+    return found[0]
+
+
+def snapshot_text_embeddings(backbone) -> torch.Tensor:
+    """Freeze a copy of the text-embedding table for grounding (``config.text_embeddings="snapshot"``):
+    kept on the backbone as ``grounding_text_table`` (a plain attribute: not a parameter, not in the
+    weights file), read by :func:`grounding_text`. Returns the copy."""
+    table = text_embedding_module(backbone).weight.detach().clone()
+    backbone.grounding_text_table = table
+    return table
+
+
+def prepare_text_embeddings(backbone, config: TrainConfig) -> None:
+    """What ``config.text_embeddings`` asks of a fine-tune before its first step. The training loop
+    calls it after loading the start weights and before restoring a checkpoint, so a resumed run
+    snapshots the same table. ``"snapshot"`` takes the grounding snapshot (grounding methods only);
+    ``"frozen"`` stops the table's gradient for every method (§8.1 read literally: Qwen's table is
+    tied to its LM head and Show-o's holds its image codes, so those freeze with it); ``"live"``
+    does nothing (grounding reads the training table)."""
+    if config.text_embeddings == "frozen":
+        text_embedding_module(backbone).weight.requires_grad_(False)
+    elif config.text_embeddings == "snapshot" and config.method in GROUNDING_METHODS:
+        snapshot_text_embeddings(backbone)
+
+
+def grounding_text(backbone, input_ids, config: TrainConfig) -> torch.Tensor:
+    """Z_T for grounding, without gradient: the snapshot's rows under ``"snapshot"`` (taken here, on
+    first use, when the training loop did not take one), else ``backbone.embed_text``."""
+    with torch.no_grad():
+        if config.text_embeddings != "snapshot":
+            return backbone.embed_text(input_ids)
+        table = getattr(backbone, "grounding_text_table", None)
+        if table is None:
+            table = snapshot_text_embeddings(backbone)
+        if table.device != input_ids.device:
+            table = backbone.grounding_text_table = table.to(input_ids.device)
+        return F.embedding(input_ids, table)
+
+
+def grounding_valid(backbone, batch, config: TrainConfig) -> torch.Tensor:
+    """The text tokens that ground: ``text_valid`` without the pieces of the function words of
+    :data:`segros.vocab.STOPWORDS` (``config.stopwords``, Fig. 3's caption), found word by word with
+    the backbone's own tokenizer (:func:`segros.vocab.stopword_mask`)."""
+    valid = batch["text_valid"].bool()
+    if not config.stopwords:
+        return valid
+    return valid & ~stopword_mask(batch["input_ids"], valid, backbone.tokenizer.decode).to(valid.device)
 
 
 def without_text(backbone, batch, generator=None):
@@ -56,12 +137,62 @@ def top_hint_idx(m_tilde, eta):
 
 
 def grounded_map(backbone, batch, z_image, config, generator):
-    """§3.2–3.3 + Eq. 12: m̃ = min-max(m) + ξ from the frozen text embeddings and detached z_image."""
-    with torch.no_grad():
-        z_text = backbone.embed_text(batch["input_ids"])
-    g = ground(z_text.float(), z_image.detach().float(), batch["text_valid"].bool(),
+    """§3.2–3.3 + Eq. 12: m̃ = min-max(m) + ξ from the frozen text embeddings (:func:`grounding_text`)
+    of the caption's content words (:func:`grounding_valid`) and detached z_image."""
+    z_text = grounding_text(backbone, batch["input_ids"], config)
+    g = ground(z_text.float(), z_image.detach().float(), grounding_valid(backbone, batch, config),
                rho=config.rho, tau=config.tau, text_filter=config.text_filter)
     return perturb(g.m_bar, config.alpha, generator=generator)
+
+
+# -----------------------------------------------------------------------------
+# classifier-free guidance on the hinted paths
+
+def _rows(batch, keep):
+    n = keep.shape[0]
+    return {k: (v[keep.to(v.device)] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n else v)
+            for k, v in batch.items()}
+
+
+def _sup_rows(sup, keep):
+    keep = keep.to(sup.seen.device)
+    return Supervision(sup.hint_idx[keep], sup.seen[keep], sup.masked[keep], sup.loss_weight[keep])
+
+
+def hinted_loss(backbone, batch, sup, hints, config: TrainConfig, generator):
+    """``backbone.t2i_loss`` on a hinted path, with classifier-free-guidance dropout.
+
+    In training mode each row is dropped with the backbone's ``cond_dropout_prob`` (the family's own
+    caption-dropout rate, 0.1 for every family; 0 for a backbone without one), drawn with
+    ``generator``. A dropped row's text becomes the family's unconditional prompt
+    (``tokenize_prompts([""])``) and, under ``config.cond_dropout="caption_and_hints"`` (default), it
+    also loses its hints, so it trains the unconditional branch generation uses; under ``"caption"``
+    it keeps them. Dropped and kept rows go through ``t2i_loss`` as two sub-batches; the loss is
+    their mean weighted by each one's total ``loss_weight`` (Σ w·ℓ / Σ w over the batch, as each
+    family normalises). The SFT path has no hints and keeps the family's own dropout in ``t2i_loss``.
+    """
+    p = float(getattr(backbone, "cond_dropout_prob", 0.0))
+    if not backbone.training or p <= 0:
+        return backbone.t2i_loss(batch, sup, hints)
+    B = batch["pixels"].shape[0]
+    drop = (torch.rand(B, generator=generator, device=generator.device) < p).cpu()
+    if not bool(drop.any()):
+        return backbone.t2i_loss(batch, sup, hints)
+    empty = to_device(backbone.tokenize_prompts([""] * int(drop.sum())), batch["pixels"].device)
+    kept_hints = None if config.cond_dropout == "caption_and_hints" else hints[drop.to(hints.device)]
+    parts = [({**_rows(batch, drop), **empty}, _sup_rows(sup, drop), kept_hints)]
+    if not bool(drop.all()):
+        keep = ~drop
+        parts.append((_rows(batch, keep), _sup_rows(sup, keep), hints[keep.to(hints.device)]))
+    total, weight = 0.0, 0.0
+    for b, s, h in parts:
+        w = float(s.loss_weight.sum())
+        if w > 0:
+            total = total + w * backbone.t2i_loss(b, s, h)
+            weight += w
+    if weight == 0:
+        return backbone.t2i_loss(batch, sup, hints)
+    return total / weight
 
 
 def on_device(sup, device):
@@ -99,7 +230,8 @@ def t2i_step(backbone, batch, config: TrainConfig, generator):
         all_idx = torch.arange(n_hint_grid).expand(B, n_hint_grid).clone()
         sup = on_device(Supervision(all_idx, rand.seen, rand.masked, rand.loss_weight), z_image.device)
         hints = visual.image_prompt()
-        return backbone.t2i_loss(without_text(backbone, batch, generator), sup, hints), sup, hints
+        loss = hinted_loss(backbone, without_text(backbone, batch, generator), sup, hints, config, generator)
+        return loss, sup, hints
 
     m_tilde = grounded_map(backbone, batch, z_image, config, generator)  # the caption's batch, always
 
@@ -108,7 +240,8 @@ def t2i_step(backbone, batch, config: TrainConfig, generator):
         sup = Supervision(top_hint_idx(m_tilde, config.eta), rand.seen, rand.masked, rand.loss_weight)
         sup = on_device(sup, z_image.device)
         hints = gather_hints(z_image, sup.hint_idx)
-        return backbone.t2i_loss(without_text(backbone, batch, generator), sup, hints), sup, hints
+        loss = hinted_loss(backbone, without_text(backbone, batch, generator), sup, hints, config, generator)
+        return loss, sup, hints
 
     # segros: hints and corrupted input from the same m̃ (§3.4), resampled when the grids differ
     target_map = None
@@ -119,7 +252,7 @@ def t2i_step(backbone, batch, config: TrainConfig, generator):
                             target_map=target_map)
     sup = on_device(sup, z_image.device)
     hints = gather_hints(z_image, sup.hint_idx)
-    return backbone.t2i_loss(batch, sup, hints), sup, hints
+    return hinted_loss(backbone, batch, sup, hints, config, generator), sup, hints
 
 
 # -----------------------------------------------------------------------------
