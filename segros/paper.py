@@ -401,8 +401,12 @@ class PaperHyperparams:
     """One column of Table 7 (supplementary §8.1).
 
     The betas and frozen-module cells span two columns in the paper (one value per family).
-    ``frozen_modules`` is None where the paper prints '-' (Harmon); §8.1 adds that the text
-    embedding layers are frozen in every backbone.
+    ``frozen_modules`` is None where the paper prints '-' (Harmon). §8.1 adds that SeGroS uses "the
+    native vision encoders and frozen internal text embedding layers inherent to each backbone";
+    the presets read it as grounding from a frozen snapshot of the text-embedding table taken when
+    fine-tuning starts, while the table itself trains as in the released training code
+    (``TrainConfig.text_embeddings="snapshot"``; ``"frozen"`` freezes the table itself;
+    ``docs/fidelity.md``, item 8).
     """
 
     backbone: str

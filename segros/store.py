@@ -139,8 +139,10 @@ def base_folder(runs_dir, base: TrainConfig) -> str:
 # -----------------------------------------------------------------------------
 # checkpoints
 
-def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scaler=None):
-    """Write ``checkpoint.tmp/`` then rename it over ``checkpoint/`` (the latest state only)."""
+def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scaler=None, extra=None):
+    """Write ``checkpoint.tmp/`` then rename it over ``checkpoint/`` (the latest state only).
+    ``extra``: tensors of the run's state that are not weights (the grounding snapshot of the text
+    embeddings), stored in ``trainer.pt``."""
     tmp = os.path.join(run_dir, CHECKPOINT + ".tmp")
     final = os.path.join(run_dir, CHECKPOINT)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -150,6 +152,8 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scal
              "rng": rng_state(generators)}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
+    if extra:
+        state["extra"] = {k: v.detach().cpu() for k, v in extra.items()}
     torch.save(state, os.path.join(tmp, "trainer.pt"))
     old = final + ".old"
     if os.path.exists(final):
@@ -162,8 +166,9 @@ def has_checkpoint(run_dir) -> bool:
     return os.path.isfile(os.path.join(run_dir, CHECKPOINT, "trainer.pt"))
 
 
-def load_checkpoint(run_dir, model, optimizer, scheduler, generators, scaler=None) -> int:
-    """Restore everything :func:`save_checkpoint` wrote; return the step it was taken after."""
+def load_checkpoint(run_dir, model, optimizer, scheduler, generators, scaler=None, extra=None) -> int:
+    """Restore everything :func:`save_checkpoint` wrote; return the step it was taken after. The
+    ``extra`` tensors it saved go into the dict ``extra`` when one is given."""
     folder = os.path.join(run_dir, CHECKPOINT)
     load_weights(model, os.path.join(folder, "model.safetensors"))
     state = torch.load(os.path.join(folder, "trainer.pt"), weights_only=False)
@@ -172,6 +177,8 @@ def load_checkpoint(run_dir, model, optimizer, scheduler, generators, scaler=Non
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], generators)
+    if extra is not None:
+        extra.update(state.get("extra", {}))
     return int(state["step"])
 
 

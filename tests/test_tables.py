@@ -15,7 +15,31 @@ def test_rows_match_the_papers_row_keys():
         if name in ("table1", "table2"):
             assert [r.label for r in spec.rows] == ["w/o SFT", "SFT", "Reca", "Ours"]
         else:
-            assert [r.label for r in spec.rows] == list(paper.rows(name)), name
+            assert [r.label for r in spec.rows if not r.beyond_paper] == list(paper.rows(name)), name
+        for r in spec.rows:  # a row the paper does not print says so in its label
+            assert r.beyond_paper == ("beyond the paper" in r.label), r.label
+
+
+def test_table3_zero_row_is_sft_and_the_grounded_mask_row_is_extra():
+    """The paper's η = 0 row (72.1) equals its SFT row (Tables 1, 6, 9: 72.08): the 0% row is the SFT
+    run of Table 1 (one config hash, one run); SeGroS with η = 0 is an extra row."""
+    t1, t3 = tables.get_table("table1"), tables.get_table("table3")
+    assert paper.table("table3").loc["0%", "GenEval"] == pytest.approx(paper.table("table9").loc["Standard T2I", "GenEval"], abs=0.01)
+    for seed in (0, 1, 2):
+        zero = tables.row_config(t3, t3.row("0%"), seed=seed)
+        assert zero.method == "sft"
+        assert store.config_hash(zero) == store.config_hash(tables.row_config(t1, t1.row("SFT"), seed=seed))
+    extra = t3.row(tables.ETA0_GROUNDED)
+    assert extra.beyond_paper and tables.row_config(t3, extra).method == "segros"
+    assert tables.row_config(t3, extra).eta == 0.0
+
+
+def test_table4_has_a_stopwords_kept_row():
+    t4 = tables.get_table("table4")
+    both, kept = (tables.row_config(t4, t4.row(label)) for label in ("intra+inter", tables.STOPWORDS_KEPT))
+    assert both.stopwords is True and kept.stopwords is False and kept.text_filter == "both"
+    assert store.config_hash(both) != store.config_hash(kept)
+    assert [r.label for r in t4.select("both+stopwords")] == [tables.STOPWORDS_KEPT]
 
 
 def test_row_configs_carry_the_switches():
@@ -36,7 +60,7 @@ def test_row_configs_carry_the_switches():
 def test_select_validates_and_keeps_reference_rows():
     t3, t8 = tables.get_table("table3"), tables.get_table("table8")
     assert [r.label for r in t3.select(0.3)] == ["30%"]
-    assert [r.label for r in t3.select([0.0, 1.0])] == ["0%", "100%"]
+    assert [r.label for r in t3.select([0.0, 1.0])] == ["0%", "100%", tables.ETA0_GROUNDED]
     assert [r.label for r in t8.select([0.5])] == ["w/o SFT", "SFT", "Ours (alpha=0.5)"]
     with pytest.raises(ValueError, match="eta"):
         t3.select(0.25)

@@ -17,6 +17,9 @@ Definitions and conventions (written down here):
   reaches); the random baseline of precision is |objects| / N.
 * Per-scene values are averaged with equal weight; scenes without an object token (or with H = 0)
   are left out (``n_scenes`` counts the ones kept).
+* The text tokens that ground are ``text_valid`` without the function words of
+  :data:`segros.vocab.STOPWORDS` (``stopwords=True``, as training grounds by default; Fig. 3's
+  caption), or every valid token (``stopwords=False``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from segros.grounding import floor_count, ground
 from segros.presets import TEXT_FILTERS
 from segros.supervision import select_hint_idx
+from segros.vocab import stopword_mask
 
 
 def object_coverage(scene, grid_hw: tuple[int, int]) -> np.ndarray:
@@ -89,11 +93,12 @@ def hint_quality(m_bar: torch.Tensor, object_mask: torch.Tensor, eta: float = 0.
 
 @torch.no_grad()
 def grounding_maps(backbone, scenes: Sequence, text_filter: str = "both", rho: float = 0.4, tau: float = 1.0,
-                   batch_size: int = 64, caption: str = "caption") -> torch.Tensor:
+                   batch_size: int = 64, caption: str = "caption", stopwords: bool = True) -> torch.Tensor:
     """m̄ [B, N_hint] of every scene from its caption and image (the backbone's input embeddings).
 
     ``caption``: the Scene attribute used as text, "caption" (training caption, may name the
-    background) or "geneval_caption" (objects only).
+    background) or "geneval_caption" (objects only). ``stopwords``: leave the function words out of
+    the grounding text (:func:`segros.vocab.stopword_mask` with the backbone's tokenizer).
     """
     if caption not in ("caption", "geneval_caption"):
         raise ValueError(f"caption must be 'caption' or 'geneval_caption', got {caption!r}")
@@ -104,32 +109,36 @@ def grounding_maps(backbone, scenes: Sequence, text_filter: str = "both", rho: f
         pixels = backbone.preprocess_images([s.image for s in chunk])
         z_text = backbone.embed_text(text["input_ids"])
         z_image = backbone.embed_image(pixels).z_image
-        maps.append(ground(z_text, z_image, text["text_valid"], rho=rho, tau=tau, text_filter=text_filter).m_bar)
+        valid = text["text_valid"].bool()
+        if stopwords:
+            valid = valid & ~stopword_mask(text["input_ids"], valid, backbone.tokenizer.decode)
+        maps.append(ground(z_text, z_image, valid, rho=rho, tau=tau, text_filter=text_filter).m_bar)
     return torch.cat(maps)
 
 
 def grounding_quality(backbone, scenes: Sequence, eta: float = 0.3, text_filter: str = "both", rho: float = 0.4,
-                      tau: float = 1.0, caption: str = "caption") -> dict[str, float]:
+                      tau: float = 1.0, caption: str = "caption", stopwords: bool = True) -> dict[str, float]:
     """Mean recall / precision / ceiling (and random baselines) of ``backbone`` over ``scenes``."""
     if len(scenes) == 0:
         raise ValueError("scenes must not be empty")
     was_training = backbone.training
     backbone.eval()
-    m_bar = grounding_maps(backbone, scenes, text_filter, rho, tau, caption=caption)
+    m_bar = grounding_maps(backbone, scenes, text_filter, rho, tau, caption=caption, stopwords=stopwords)
     backbone.train(was_training)
     objects = object_token_mask(scenes, backbone.hint_grid_hw)
     per = hint_quality(m_bar, objects, eta)
     kept = ~torch.isnan(per["recall"])
     out = {k: float(v[kept].mean()) if kept.any() else float("nan") for k, v in per.items()}
-    out.update(n_scenes=int(kept.sum()), n_hint=floor_count(eta, m_bar.shape[1]), eta=eta, text_filter=text_filter)
+    out.update(n_scenes=int(kept.sum()), n_hint=floor_count(eta, m_bar.shape[1]), eta=eta, text_filter=text_filter,
+               stopwords=stopwords)
     return out
 
 
 def grounding_quality_table(backbone, scenes: Sequence, eta: float = 0.3, text_filters: Sequence[str] = TEXT_FILTERS,
-                            rho: float = 0.4, tau: float = 1.0, caption: str = "caption"):
+                            rho: float = 0.4, tau: float = 1.0, caption: str = "caption", stopwords: bool = True):
     """A pandas DataFrame, one row per text_filter (Table 4's rows), columns as grounding_quality."""
     import pandas as pd
 
-    rows = [grounding_quality(backbone, scenes, eta, f, rho, tau, caption) for f in text_filters]
+    rows = [grounding_quality(backbone, scenes, eta, f, rho, tau, caption, stopwords) for f in text_filters]
     cols = ["text_filter", "recall", "recall_random", "precision", "ceiling", "precision_random", "n_scenes", "n_hint"]
     return pd.DataFrame(rows)[cols]

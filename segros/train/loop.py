@@ -123,8 +123,11 @@ class Trainer:
         if not store.has_checkpoint(self.out):
             store.clear_metrics(self.out)
             return 0
+        extra = {}
         start = store.load_checkpoint(self.out, self.net, self.optimizer, self.scheduler, self.generators,
-                                      self.scaler)
+                                      self.scaler, extra=extra)
+        if "grounding_text_table" in extra:  # the snapshot of the run's start, not of this model's
+            self.net.grounding_text_table = extra["grounding_text_table"].to(self.accelerator.device)
         store.truncate_metrics(self.out, start)
         return start
 
@@ -184,7 +187,9 @@ class Trainer:
         return row
 
     def checkpoint(self, done: int):
-        store.save_checkpoint(self.out, done, self.net, self.optimizer, self.scheduler, self.generators, self.scaler)
+        table = getattr(self.net, "grounding_text_table", None)
+        store.save_checkpoint(self.out, done, self.net, self.optimizer, self.scheduler, self.generators, self.scaler,
+                              extra=None if table is None else {"grounding_text_table": table})
 
 
 # -----------------------------------------------------------------------------
