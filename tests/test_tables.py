@@ -24,7 +24,7 @@ def test_table3_zero_row_is_sft_and_the_grounded_mask_row_is_extra():
     """The paper's η = 0 row (72.1) equals its SFT row (Tables 1, 6, 9: 72.08): the 0% row is the SFT
     run of Table 1 (one config hash, one run); SeGroS with η = 0 is an extra row."""
     t1, t3 = tables.get_table("table1"), tables.get_table("table3")
-    assert paper.table("table3").loc["0%", "GenEval"] == pytest.approx(paper.table("table9").loc["Standard T2I", "GenEval"], abs=0.01)
+    assert paper.table("table3").loc["0%", "GenEval"] == pytest.approx(paper.table("table9").loc["Standard T2I", "GenEval"], abs=0.05)
     for seed in (0, 1, 2):
         zero = tables.row_config(t3, t3.row("0%"), seed=seed)
         assert zero.method == "sft"
