@@ -13,7 +13,9 @@ registry (``harmon-0.5b`` / ``harmon-1.5b``, official checkpoints).
   ``forward_mae_encoder``: causal, with a 2-D padding mask.
 - Switches: ``hint_layout`` ("prepend" | "reca"), ``image_attention`` ("fig6" | "native", hinted paths),
   ``hint_grad_scale`` (Reca: 0.1), ``cond_dropout_prob`` (SFT path), ``recon_prompts`` and
-  ``text_free_prob`` (Reca's caption-free prompts).
+  ``text_free_prob`` (Reca's caption-free prompts), ``vae_latents`` ("mode" | "sample"),
+  ``diffloss_weight_decay`` (Reca: no decay on the diffusion head). The Reca rows get Reca's
+  settings by default (:mod:`segros.backbones.methods`).
 
 Where each piece comes from in the official code, the prompts, the hint layouts and the parity
 checks: ``docs/adapters/harmon.md``.
