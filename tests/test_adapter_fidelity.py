@@ -241,6 +241,15 @@ def test_paper_preset_reca_run_without_instructions_stops(family, captured):
         assert "recon_prompts" not in captured[family]
 
 
+def test_command_line_reca_run_without_instructions_stops(tmp_path, capsys):
+    from segros.train.__main__ import main
+
+    rc = main(["--preset", "paper-harmon-0.5b", "--method", "reca", "--out", str(tmp_path / "run"), "--quiet",
+               "--set", 'backbone_kwargs={"checkpoint": "/nowhere/harmon_0.5b.pth"}'])
+    err = capsys.readouterr().err
+    assert rc == 1 and "recon_prompts" in err and "Harmon/src/datasets/text2image/consts.py" in err
+
+
 def test_paper_preset_reca_run_gets_recas_harmon_settings(captured):
     cfg = get_preset("paper-harmon-0.5b").replace(backbone="harmon-spy", method="reca",
                                                   backbone_kwargs={"checkpoint": "x", "recon_prompts": "c.py"})

@@ -44,8 +44,9 @@ RECON_PROMPT_FILES = {
 }
 
 
-class MissingReconPrompts(ValueError):
-    """A Reca run on a real family without Reca's caption-free instruction list."""
+class MissingReconPrompts(RuntimeError):
+    """A Reca run on a real family without Reca's caption-free instruction list (a RuntimeError, as every
+    backbone that cannot be built: the command line prints it and exits with 1)."""
 
 
 def family_of(backbone: str) -> str | None:
