@@ -678,6 +678,10 @@ def test_bench_real_step_flops_only_tiny():
     assert t2i_len == {"sft": 17 + 18, "reca": 16 + 9 + 18, "segros": 16 + 2 + 18}
     with pytest.raises(SystemExit):
         bench.main(["--flops-only", "--families", "harmon-2b"])
+    # the Reca row runs the settings the paper presets' Reca rows get (Reca's slot layout on Harmon)
+    fam = bench.TINY["harmon-tiny"]
+    assert bench.build(fam, "meta", method="reca").cfg.hint_layout == "reca"
+    assert bench.build(fam, "meta").cfg.hint_layout == "prepend"
 
 
 @pytest.mark.slow
@@ -688,10 +692,10 @@ def test_bench_meta_flops_match_a_real_cpu_step(name):
 
     bench = _load_bench()
     fam = bench.TINY[name]
-    cpu, meta = bench.build(fam, "cpu"), bench.build(fam, "meta")
-    assert next(meta.parameters()).device.type == "meta"
     args = SimpleNamespace(text_len=8, question_len=4, answer_len=4)
     for method in bench.METHODS:
+        cpu, meta = bench.build(fam, "cpu", method=method), bench.build(fam, "meta", method=method)
+        assert next(meta.parameters()).device.type == "meta"
         config = bench.config_for(fam, method)
         t2i, i2t = bench.make_batches(cpu, config, args, torch.Generator().manual_seed(0))
         flops_cpu, calls_cpu = bench.count_micro(cpu, config, t2i, i2t, seed=3)
