@@ -19,7 +19,10 @@ for shapes), and random pixels at the family's resolution.
 
 Reca's text: without ``recon_prompts`` (Reca's ``consts.py``, not in this repository) the Reca
 baselines get the family's empty prompt (:func:`segros.train.without_text`), a few tokens shorter
-than Reca's reconstruction instruction; Show-o's hinted text block is 128 slots either way.
+than Reca's reconstruction instruction; Show-o's hinted text block is 128 slots either way. The
+Reca row runs the adapter settings the Reca rows of the paper presets get
+(:func:`segros.backbones.methods.method_defaults`; Harmon: Reca's slot layout and its 1,088-token
+image prompt), on a model built with them.
 
 Two modes.
 
@@ -81,6 +84,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segros.backbones.methods import method_defaults  # noqa: E402
 from segros.presets import get_preset  # noqa: E402
 from segros.train import freeze, make_optimizer, micro_schedule, t2i_step, to_device  # noqa: E402
 
@@ -162,8 +166,9 @@ def step_config(fam: Family, method: str, b: int):
     return preset.replace(batch_size=b, grad_accum=accum, i2t_micro=accum if preset.i2t_micro else 0)
 
 
-def build(fam: Family, device="cpu", dtype=torch.float32):
-    """A random-weight model of ``fam`` on ``device`` (e.g. "meta"), the preset's frozen modules frozen.
+def build(fam: Family, device="cpu", dtype=torch.float32, method: str = "segros"):
+    """A random-weight model of ``fam`` on ``device`` (e.g. "meta"), the preset's frozen modules frozen,
+    with the adapter settings ``method`` gets in the paper presets (:func:`method_defaults`).
 
     The tokenizer is the family's tiny word-level one (ids only matter through their count).
     """
@@ -171,6 +176,7 @@ def build(fam: Family, device="cpu", dtype=torch.float32):
     with torch.device("meta"):
         tok = make("tiny").tokenizer
     kwargs = {} if fam.size == "tiny" else {"attn_implementation": "sdpa"}
+    kwargs.update(method_defaults(method, f"{fam.family}-{fam.size}"))
     with torch.device(device):
         model = make(fam.size, tokenizer=tok, **kwargs)
     model = model.to(dtype)
@@ -465,9 +471,11 @@ def count_micro(model, config, t2i, i2t, seed):
 def flops_table(fam: Family, args, methods=METHODS, batch: int = 0):
     """Per method: FLOPs of one micro-step and its LLM (batch, length) calls, each the mean over
     ``args.flop_draws`` draws (seeds ``seed``, ``seed + 1``, ...; each draw's γ is shared by the methods)."""
-    model = build(fam, "meta", torch.float32)  # FLOPs do not depend on the dtype
+    shared = build(fam, "meta", torch.float32)  # FLOPs do not depend on the dtype
     out = {}
     for method in methods:
+        own = method_defaults(method, f"{fam.family}-{fam.size}")
+        model = build(fam, "meta", torch.float32, method) if own else shared
         config = step_config(fam, method, batch or config_for(fam, method).batch_size)
         flops, calls = [], []
         for d in range(args.flop_draws):
@@ -687,8 +695,12 @@ def main(argv=None):
         if name == ratio_family:
             for method in METHODS:
                 config = step_config(fam, method, row["batch"])
-                ratios[method] = time_micro(model, config, t2i, i2t, args.steps, args.warmup, args.device,
+                own = method_defaults(method, f"{fam.family}-{fam.size}")
+                timed = build(fam, args.device, precision(args)[0], method) if own else model
+                ratios[method] = time_micro(timed, config, t2i, i2t, args.steps, args.warmup, args.device,
                                             args.seed, autocast)
+                if timed is not model:
+                    del timed
             model.zero_grad(set_to_none=True)
         del model
         if torch.device(args.device).type == "cuda":

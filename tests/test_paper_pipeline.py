@@ -249,12 +249,12 @@ def test_paper_preset_trains_evaluates_and_reopens(official, tmp_path, family, m
 
 
 def test_harmon_reca_baseline_in_recas_layout_trains(official, tmp_path, monkeypatch):
-    """The Reca baseline (Table 9 row 2) with ``hint_layout="reca"``, ``image_attention="native"``: Reca's
-    1088-token image prompt after ``<|im_start|>user\\n`` (buffer included), its recon prompts, and 0.1 on
-    the image prompt's gradient (backbone config; the rest is the preset)."""
+    """The Reca baseline (Table 9 row 2) of the paper preset, with no adapter setting given: Reca's
+    1088-token image prompt after ``<|im_start|>user\\n`` (buffer included), its causal mask, its recon
+    prompts, and 0.1 on the image prompt's gradient (``segros.backbones.methods``)."""
     ref, kwargs = official("harmon")
-    cfg = paper_config("harmon", "reca", {**kwargs, "hint_layout": "reca", "image_attention": "native",
-                                          "hint_grad_scale": 0.1})
+    assert not {"hint_layout", "image_attention", "hint_grad_scale"} & set(kwargs)
+    cfg = paper_config("harmon", "reca", kwargs)
     from segros.backbones.harmon import Harmon
     placed, original = [], Harmon._llm_image_outputs_reca
     monkeypatch.setattr(Harmon, "_llm_image_outputs_reca", lambda self, text, mask, z_enc, hints, slot: (
@@ -263,6 +263,7 @@ def test_harmon_reca_baseline_in_recas_layout_trains(official, tmp_path, monkeyp
     n = model.target_grid_hw[0] * model.target_grid_hw[1] + model.cfg.buffer_size
     assert placed and set(placed) == {(n, len(model._encode("<|im_start|>user\\n")))}, placed
     assert model.cfg.hint_layout == "reca" and model.cfg.image_attention == "native"
+    assert model.cfg.hint_grad_scale == 0.1
     rows = store.read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss_t2i"])) for r in rows)
     state = model.state_dict()

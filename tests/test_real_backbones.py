@@ -257,9 +257,11 @@ def test_harmon_t2i_loss_depends_on_hints_and_mode(harmon, tok):
     native = build_harmon("tiny", tokenizer=tok, image_attention="native")
     native.load_state_dict(harmon.state_dict())
     native.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # image_attention acts with hints only; without, both are the official attention
         nat = native.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0))
-    assert abs(float(nat) - float(base)) > 1e-7
+        nat_h = native.t2i_loss(batch, sup, hints, generator=torch.Generator().manual_seed(0))
+    assert float(nat) == float(base)
+    assert abs(float(nat_h) - float(with_h)) > 1e-7
 
 
 def test_harmon_t2i_loss_zero_weight_is_zero(harmon):
@@ -354,8 +356,8 @@ def test_harmon_hint_layouts_sequence_and_mask(harmon, tok):
             assert torch.equal(seen["position_ids"], (real.long().cumsum(1) - 1).clamp(min=0))
             assert torch.isfinite(loss)
     assert buffer.shape == (b, reca.cfg.buffer_size, reca.width)
-    # without hints the layouts agree (reca here: image_attention "fig6", as harmon); a prompt without the
-    # chat template is refused
+    # without hints the layouts agree (both run the official attention); a prompt without the chat
+    # template is refused
     with torch.no_grad():
         torch.testing.assert_close(reca.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0)),
                                    harmon.t2i_loss(batch, sup, None, generator=torch.Generator().manual_seed(0)),
@@ -676,6 +678,10 @@ def test_bench_real_step_flops_only_tiny():
     assert t2i_len == {"sft": 17 + 18, "reca": 16 + 9 + 18, "segros": 16 + 2 + 18}
     with pytest.raises(SystemExit):
         bench.main(["--flops-only", "--families", "harmon-2b"])
+    # the Reca row runs the settings the paper presets' Reca rows get (Reca's slot layout on Harmon)
+    fam = bench.TINY["harmon-tiny"]
+    assert bench.build(fam, "meta", method="reca").cfg.hint_layout == "reca"
+    assert bench.build(fam, "meta").cfg.hint_layout == "prepend"
 
 
 @pytest.mark.slow
@@ -686,10 +692,10 @@ def test_bench_meta_flops_match_a_real_cpu_step(name):
 
     bench = _load_bench()
     fam = bench.TINY[name]
-    cpu, meta = bench.build(fam, "cpu"), bench.build(fam, "meta")
-    assert next(meta.parameters()).device.type == "meta"
     args = SimpleNamespace(text_len=8, question_len=4, answer_len=4)
     for method in bench.METHODS:
+        cpu, meta = bench.build(fam, "cpu", method=method), bench.build(fam, "meta", method=method)
+        assert next(meta.parameters()).device.type == "meta"
         config = bench.config_for(fam, method)
         t2i, i2t = bench.make_batches(cpu, config, args, torch.Generator().manual_seed(0))
         flops_cpu, calls_cpu = bench.count_micro(cpu, config, t2i, i2t, seed=3)
@@ -1275,6 +1281,23 @@ def test_openuni_default_attention_is_the_official_one_without_hints():
     seg = torch.tensor([TEXT] * 3 + [QUERY] * 3)
     real = torch.ones(1, 6, dtype=torch.bool)
     assert torch.equal(openuni_attention_mask(seg, real)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
+
+
+def test_openuni_image_attention_acts_with_hints_only(openuni_rand):
+    """``image_attention="fig6"`` changes the hinted conditions only; without hints (generation, SFT) the
+    queries keep the official causal attention, as Harmon's paths without hints do."""
+    model = openuni_rand
+    fig6 = OpenUni(replace_cfg(model.cfg, image_attention="fig6"), model.tokenizer, model.lmm)
+    fig6.load_state_dict(model.state_dict())
+    fig6.eval()
+    tok = model.tokenize_prompts(OPENUNI_PROMPTS)
+    hints = torch.randn(2, 3, model.width, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(fig6.conditions(tok["input_ids"], tok["attention_mask"]),
+                           model.conditions(tok["input_ids"], tok["attention_mask"]))
+        with_hints = (fig6.conditions(tok["input_ids"], tok["attention_mask"], hints)
+                      - model.conditions(tok["input_ids"], tok["attention_mask"], hints))
+    assert with_hints.abs().max() > 1e-6
 
 
 def test_openuni_attention_and_hint_layouts(openuni_rand):

@@ -17,8 +17,12 @@ official ones so that ``state_dict()`` keys equal the official checkpoint keys:
 
 Conventions (the official code's, written down):
 
-* VAE latents: ``posterior.mode() * vae_scale`` (0.2325), patch size 1, so a latent token is the
-  16 channels of one 16×16-pixel cell, raster order.
+* VAE latents: ``posterior.mode() * vae_scale`` (0.2325): ``Harmon.encode`` in ``src/models/harmon.py``
+  takes the mode, and the official and Reca training steps (``HarmonDev.text2image_loss`` /
+  ``recon_loss`` in ``src/models/harmon_dev.py``) call that ``encode``, so training and inference
+  both use the mode (``posterior.sample()`` appears only in ``vae.py``'s ``__main__`` demo).
+  :meth:`AutoencoderKL.encode_sample` draws from the posterior instead (Harmon's ``vae_latents``
+  switch). Patch size 1, so a latent token is the 16 channels of one 16×16-pixel cell, raster order.
 * MAR positional embeddings are learned for ``img_size // 16`` squared tokens (the official
   configs build MAR at ``img_size=256``, 16×16) plus 64 buffer tokens first; other grids (32×32 at
   512 px) bilinearly resize the image part (``F.interpolate``, ``align_corners=False``), buffer
@@ -202,7 +206,8 @@ class VAEDecoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    """KL-regularised autoencoder; ``encode`` returns the posterior *mean* (Harmon uses ``mode()``)."""
+    """KL-regularised autoencoder. ``encode_mean`` is the posterior's mode (= mean, what Harmon uses);
+    ``encode_sample`` draws ``mean + std·ε`` (``DiagonalGaussianDistribution.sample``)."""
 
     def __init__(self, embed_dim=16, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                  attn_resolutions=(16,), resolution=256):
@@ -218,6 +223,15 @@ class AutoencoderKL(nn.Module):
     def encode_mean(self, x):
         moments = self.quant_conv(self.encoder(x))
         return moments.chunk(2, dim=1)[0]
+
+    def encode_sample(self, x, generator: torch.Generator | None = None):
+        """A draw from the posterior: log-variance clamped to [-30, 20], ``mean + exp(logvar / 2)·ε``,
+        ε ~ N(0, 1) from ``generator`` (torch's global generator when None, as the official ``sample``)."""
+        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        eps = torch.randn(mean.shape, generator=generator, device=generator.device if generator else "cpu",
+                          dtype=mean.dtype).to(mean.device)
+        return mean + std * eps
 
     def decode(self, z):
         return self.decoder(self.post_quant_conv(z))

@@ -90,6 +90,12 @@ class Backbone(nn.Module, abc.ABC):
         """D, the LLM width that text and visual tokens share."""
         raise NotImplementedError
 
+    def no_weight_decay(self, name: str) -> bool:
+        """Whether the optimizer leaves the trainable parameter ``name`` out of weight decay beyond the
+        rule every family shares (1-D parameters and biases, :func:`segros.train.loop.make_optimizer`).
+        Default: none; Harmon leaves out its diffusion head, as Reca does."""
+        return False
+
     @abc.abstractmethod
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor: ...
 

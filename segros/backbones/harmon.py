@@ -9,9 +9,13 @@ registry (``harmon-0.5b`` / ``harmon-1.5b``, official checkpoints).
   ``hint_layout="reca"`` the buffer tokens of the same pass are ``VisualTokens.extra``.
 - ``t2i_loss``: ``[hints][chat prompt][image block]`` through the LLM, added to the encoder output,
   MAR decoder, diffusion ε-MSE on the masked latents; γ per batch (the encoder drops masked tokens).
-- Switches: ``hint_layout`` ("prepend" | "reca"), ``image_attention`` ("fig6" | "native"),
+- Without hints (generation, the SFT step, the base) the LLM runs exactly as the official
+  ``forward_mae_encoder``: causal, with a 2-D padding mask.
+- Switches: ``hint_layout`` ("prepend" | "reca"), ``image_attention`` ("fig6" | "native", hinted paths),
   ``hint_grad_scale`` (Reca: 0.1), ``cond_dropout_prob`` (SFT path), ``recon_prompts`` and
-  ``text_free_prob`` (Reca's caption-free prompts).
+  ``text_free_prob`` (Reca's caption-free prompts), ``vae_latents`` ("mode" | "sample"),
+  ``diffloss_weight_decay`` (Reca: no decay on the diffusion head). The Reca rows get Reca's
+  settings by default (:mod:`segros.backbones.methods`).
 
 Where each piece comes from in the official code, the prompts, the hint layouts and the parity
 checks: ``docs/adapters/harmon.md``.
@@ -76,7 +80,12 @@ class HarmonConfig:
     # data / training
     image_size: int = 512
     diffusion_batch_mul: int = 4
-    image_attention: str = "fig6"  # "fig6" | "native"
+    # VAE latents: "mode" (official Harmon and Reca, training and inference: Harmon.encode takes
+    # posterior.mode()) | "sample" (a posterior draw in training mode; evaluation keeps the mode)
+    vae_latents: str = "mode"
+    # the image block during hinted training only: "fig6" (Fig. 6) | "native" (causal); every path without
+    # hints (generation, SFT, the base) runs the official causal LLM with a padding mask (_llm_image_outputs_official)
+    image_attention: str = "fig6"
     hint_layout: str = "prepend"  # "prepend" | "reca" (module docstring)
     hint_grad_scale: float = 1.0  # Reca: 0.1
     # no-hint T2I training (the SFT baseline): a row's caption becomes "Generate an image." with this
@@ -85,6 +94,9 @@ class HarmonConfig:
     # Reca's recon prompts (tokenize_recon_prompts only): "Generate an image." with this probability (Reca: 0.1)
     text_free_prob: float = 0.1
     recon_prompts: str | None = None  # Reca's consts.py or a text file: tokenize_recon_prompts (module docstring)
+    # weight decay on the diffusion head (mar.diffloss.*): False as Reca's MAROptimWrapperConstructor
+    # (Harmon/src/optimisers/constructor.py: no decay on 'diffloss' parameters), True decays it like the rest
+    diffloss_weight_decay: bool = False
     # generation
     cfg: float = 3.0
     num_iter: int = 64
@@ -143,7 +155,8 @@ class Harmon(CaptionDropout, Backbone):
         super().__init__()
         from transformers import Qwen2ForCausalLM
 
-        for name, allowed in (("image_attention", ("fig6", "native")), ("hint_layout", ("prepend", "reca"))):
+        for name, allowed in (("image_attention", ("fig6", "native")), ("hint_layout", ("prepend", "reca")),
+                              ("vae_latents", ("mode", "sample"))):
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
         for name in ("cond_dropout_prob", "text_free_prob"):
@@ -187,6 +200,11 @@ class Harmon(CaptionDropout, Backbone):
         self.vae.train(False)  # the VAE is frozen and always in eval mode
         return self
 
+    def no_weight_decay(self, name: str) -> bool:
+        """The diffusion head (``mar.diffloss.*``) has no weight decay unless ``diffloss_weight_decay``
+        (Reca's ``add_weight_decay``: ``'diffloss' in name``)."""
+        return not self.cfg.diffloss_weight_decay and name.startswith("mar.diffloss.")
+
     def state_dict_without_vae(self) -> dict[str, torch.Tensor]:
         """What ``harmon_<size>.pth`` holds: everything but ``vae.*``."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vae.")}
@@ -206,16 +224,22 @@ class Harmon(CaptionDropout, Backbone):
         while that tensor, the VAE weights (their in-place versions), device and dtype are unchanged
         and no VAE parameter trains. At Harmon-0.5B this saves 5.7% of a SeGroS step's FLOPs
         (``benchmarks/bench_real_step.py --flops-only``).
+
+        Latents are the posterior mode (official ``Harmon.encode``); with ``vae_latents="sample"`` and
+        the model in training mode they are one posterior draw (torch's global generator, as the
+        official ``DiagonalGaussianDistribution.sample``), shared by both encodes of a step through
+        the cache.
         """
         self._check_pixels(pixels)
         vae_params = list(self.vae.parameters())
         cacheable = not any(p.requires_grad for p in vae_params)
-        key = (pixels._version, self.device, self.dtype, tuple(p._version for p in vae_params))
+        sample = self.cfg.vae_latents == "sample" and self.training
+        key = (pixels._version, self.device, self.dtype, tuple(p._version for p in vae_params), sample)
         cached = getattr(self, "_latent_cache", None)
         if cacheable and cached is not None and cached[0]() is pixels and cached[1] == key:
             return cached[2]
         x = (2 * pixels - 1).to(self.device, self.dtype)
-        z = self.vae.encode_mean(x) * self.cfg.vae_scale  # [B, 16, h, w]
+        z = (self.vae.encode_sample(x) if sample else self.vae.encode_mean(x)) * self.cfg.vae_scale  # [B, 16, h, w]
         out = (z.flatten(2).transpose(1, 2), (z.shape[2], z.shape[3]))
         self._latent_cache = (weakref.ref(pixels), key, out) if cacheable else None
         return out
@@ -239,14 +263,17 @@ class Harmon(CaptionDropout, Backbone):
     def _llm_image_outputs(self, text_embeds, text_mask, z_enc, hints, slot: int | None = None):
         """Run the LLM over the prompt, the hints and the image block; return the image block's last hidden states.
 
-        ``slot`` None: ``[hints][text][image]`` (``hint_layout="prepend"``); else ``hint_layout="reca"``:
-        ``[text[:slot]][hints][text[slot:]][image]`` (module docstring)."""
-        if hints is not None and slot is not None:
+        ``hints`` None: the official sequence and attention (:meth:`_llm_image_outputs_official`). With
+        hints, ``slot`` None: ``[hints][text][image]`` (``hint_layout="prepend"``) under the Fig. 6 mask
+        (``image_attention="fig6"``) or with a causal image block (``"native"``); else
+        ``hint_layout="reca"``: ``[text[:slot]][hints][text[slot:]][image]`` (module docstring)."""
+        if hints is None:
+            return self._llm_image_outputs_official(text_embeds, text_mask, z_enc)
+        if slot is not None:
             return self._llm_image_outputs_reca(text_embeds, text_mask, z_enc, hints, slot)
         b, n_img = z_enc.shape[0], z_enc.shape[1]
-        n_hint = 0 if hints is None else hints.shape[1]
-        parts = [text_embeds, z_enc] if hints is None else [hints.to(z_enc.dtype), text_embeds, z_enc]
-        embeds = torch.cat(parts, dim=1)
+        n_hint = hints.shape[1]
+        embeds = torch.cat([hints.to(z_enc.dtype), text_embeds, z_enc], dim=1)
         allowed = segros_attention_mask(n_hint, text_mask.bool(), n_img, device=embeds.device, as_bool=True)
         if self.cfg.image_attention == "native":
             # Harmon's own rule: image tokens causal among themselves
@@ -257,6 +284,20 @@ class Harmon(CaptionDropout, Backbone):
         real = torch.cat([torch.ones(b, n_hint, dtype=torch.bool, device=embeds.device), text_mask.bool(),
                           torch.ones(b, n_img, dtype=torch.bool, device=embeds.device)], dim=1)
         return self._run_llm(embeds, allowed, real, n_img)
+
+    def _llm_image_outputs_official(self, text_embeds, text_mask, z_enc):
+        """Every path without hints (generation, the SFT step, the base): official ``Harmon.prepare_forward_input``
+        + ``forward_mae_encoder`` (``src/models/harmon.py``): ``[text][image]``, the 2-D padding mask
+        (``[text_mask, ones]``, bool) handed to the causal LLM as is, position ids ``cumsum − 1`` clamped
+        at 0. ``image_attention`` does not act here (``docs/adapters/harmon.md``)."""
+        b, n_img = z_enc.shape[0], z_enc.shape[1]
+        attention_mask = text_mask.to(device=z_enc.device, dtype=torch.bool)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, n_img)], dim=1)
+        position_ids = torch.cumsum(attention_mask, dim=1) - 1
+        position_ids[position_ids < 0] = 0
+        embeds = torch.cat([text_embeds, z_enc], dim=1)
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids)
+        return out.last_hidden_state[:, -n_img:]
 
     def _llm_image_outputs_reca(self, text_embeds, text_mask, z_enc, hints, slot):
         """``hint_layout="reca"``: Reca ``harmon_dev.py`` ``HarmonDev.recon_loss`` + ``harmon.py``

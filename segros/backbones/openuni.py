@@ -9,7 +9,8 @@ A frozen InternVL3 MLLM (``lmm``, transformers' ``InternVLModel``), 256 ``meta_q
 - ``embed_image``: InternVL's ``extract_feature`` (16×16 tokens in the LLM width).
 - ``t2i_loss``: the official rectified-flow loss; the hints enter the prompt only
   (``hint_layout``: "reca" | "prepend"), ``supervision`` is ignored unless ``weight_flow_loss``.
-- ``image_attention``: "native" (OpenUni's causal queries) | "fig6". No I2T (λ = 0).
+- ``image_attention``: "native" (OpenUni's causal queries) | "fig6", with hints; without hints
+  (generation, SFT) always the official attention. No I2T (λ = 0).
 
 How SeGroS maps onto OpenUni, the official computations reproduced and the parity checks:
 ``docs/adapters/openuni.md``.
@@ -370,7 +371,8 @@ class OpenUni(Backbone):
         seg = torch.cat([seg, torch.full((nq,), QUERY, device=self.device)])
         real = torch.cat([real, torch.ones(b, nq, dtype=torch.bool, device=self.device)], 1)
         embeds = torch.cat([embeds, q.to(embeds.dtype)], 1)
-        allowed = openuni_attention_mask(seg, real, self.cfg.image_attention)
+        # image_attention acts on hinted training only; without hints (generation, SFT) the official attention
+        allowed = openuni_attention_mask(seg, real, self.cfg.image_attention if hints is not None else "native")
         zero = torch.zeros((), dtype=embeds.dtype, device=self.device)
         additive = torch.where(allowed, zero, torch.finfo(embeds.dtype).min)
         pos = (real.long().cumsum(1) - 1).clamp(min=0)

@@ -26,6 +26,7 @@ import torch
 from segros.backbones import checkpoints
 from segros.backbones.base import Backbone
 from segros.backbones.harmon import build_harmon
+from segros.backbones.methods import method_backbone_kwargs
 from segros.backbones.openuni import build_openuni
 from segros.backbones.showo import build_showo
 from segros.backbones.tiny_harmon import TinyHarmon, TinyHarmonConfig
@@ -161,8 +162,12 @@ for _family, _sizes in (("harmon", ("0.5b", "1.5b")), ("showo", ("256", "512")),
 
 def from_config(config: TrainConfig) -> Backbone:
     """The backbone ``config`` names, built as training builds it; a clear RuntimeError when it cannot be
-    built (a paper backbone without its checkpoint, a GPU-only part on a CPU, ...)."""
-    kwargs = dict(config.backbone_kwargs)
+    built (a paper backbone without its checkpoint, a GPU-only part on a CPU, ...).
+
+    A real family gets the adapter settings of ``config.method`` under ``backbone_kwargs``
+    (:mod:`segros.backbones.methods`: Reca's layout for the Reca rows); a Reca run without Reca's
+    instruction list stops with :class:`segros.backbones.methods.MissingReconPrompts`."""
+    kwargs = method_backbone_kwargs(config.method, config.backbone, config.backbone_kwargs)
     if config.backbone.startswith("tiny-"):  # tiny families fit their offline tokenizers on this world
         kwargs = {"world_seed": config.world_seed, "image_size": config.image_size, **kwargs}
     try:

@@ -11,8 +11,8 @@ Mixed precision is this loop's own ``torch.autocast`` (:func:`segros.presets.aut
 ``torch.amp.GradScaler`` for fp16; accelerate runs in full precision and keeps device placement and
 gradient accumulation. accelerate fixes one mixed-precision mode per process, so letting it own the
 precision would stop a notebook from running an fp32 and a bf16 training in a row.
-Optimisation (``docs/conventions.md``): AdamW without weight decay on 1-D parameters and biases,
-linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0 at ``max_steps``.
+Optimisation (``docs/conventions.md``): AdamW without weight decay on 1-D parameters, biases and
+what the backbone's ``no_weight_decay`` names (Harmon's diffusion head), linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0 at ``max_steps``.
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ from segros.train.steps import finetune_objective, prepare_text_embeddings, pret
 # optimisation
 
 def make_optimizer(model, config: TrainConfig):
-    """AdamW; no weight decay on 1-D parameters and biases (as Harmon / Reca)."""
+    """AdamW; no weight decay on 1-D parameters and biases (as Harmon / Reca), nor on the parameters the
+    backbone names with ``no_weight_decay`` (Harmon's diffusion head, as Reca)."""
     decay, no_decay = [], []
+    skip = getattr(model, "no_weight_decay", None)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+        excluded = p.ndim < 2 or name.endswith(".bias") or (skip is not None and skip(name))
+        (no_decay if excluded else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))

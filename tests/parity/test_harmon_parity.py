@@ -2,8 +2,8 @@
 
 Compared (all deterministic): VAE latents, ``embed_image`` (proj_in of the unmasked MAR encoder,
 buffer dropped), the MAR encoder output under a fixed mask, Harmon's ``forward_mae_encoder`` (LLM
-over [text][image] + proj_out residual; ours in ``image_attention="native"`` without hints, which is
-Harmon's own causal mask), the MAR decoder output, the LLM hidden states of the prompt, and the
+over [text][image] + proj_out residual; ours in the default configuration, whose paths without hints
+hand the LLM the official 2-D padding mask), the MAR decoder output, the LLM hidden states of the prompt, and the
 diffusion head output for fixed (x_t, t, c). The official VAE has fixed channel widths (128,
 2 blocks), so the VAE here is full width; everything else is tiny.
 
@@ -23,7 +23,8 @@ both with a Qwen2-like BPE tokenizer (``openuni_tokenizer.py``) that merges "\\n
 And Reca's reconstruction step itself (:func:`reca_recon_inputs`, the driver's ``reca_recon``): Reca's
 ``src/models/harmon_dev.py`` ``HarmonDev.recon_loss`` on a batch of two Reca prompts (instruction /
 "Generate an image.", right-padded by Reca's ``collate_func_gen``) vs our ``t2i_loss`` with
-``hint_layout="reca"``, ``image_attention="native"``, ``hint_grad_scale=0.1`` and the hints
+the adapter settings ``method="reca"`` gets by default (``segros.backbones.methods``:
+``hint_layout="reca"``, ``image_attention="native"``, ``hint_grad_scale=0.1``) and the hints
 ``embed_image(pixels).image_prompt()`` (the Reca baseline of ``segros.train.t2i_step``), on the same tiny
 weights, MAR mask, and diffusion draws (t, ε): the LLM input embeddings (Reca's 1088-token image
 prompt after ``<|im_start|>user\\n``), position ids, attention (ours vs the causal + padding mask of
@@ -43,7 +44,8 @@ import pytest
 import torch
 
 from segros.backbones.inputs import pad_rows
-from segros.backbones.harmon import MAX_LENGTH, HarmonConfig, build_harmon
+from segros.backbones.harmon import MAX_LENGTH, SIZES, HarmonConfig, build_harmon
+from segros.backbones.methods import method_defaults
 from segros.supervision import Supervision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +57,7 @@ RECON_INSTRUCTION = "Describe the scene: shapes, colors and their positions."  #
 CAPTIONS = ["a red circle", "  two blue squares ", "a dog on the left and a cat on the right.",
             " ".join(["a red circle left of a blue square"] * 20)]  # the last one is over max_length
 GEN_PROMPTS = ["a dog on the left and a cat on the right.", "a photo of a cat", " a red circle "]
+BIG_VAE = dict(vae_ch=128, vae_ch_mult=(1, 1, 2, 2, 4), vae_num_res_blocks=2, vae_resolution=256)
 
 
 
@@ -63,8 +66,8 @@ GEN_PROMPTS = ["a dog on the left and a cat on the right.", "a photo of a cat", 
 def test_harmon_parity(tmp_path, report_diffs, official):
     run = official("harmon")
     torch.manual_seed(0)
-    model = build_harmon("tiny", vae_ch=128, vae_ch_mult=(1, 1, 2, 2, 4), vae_num_res_blocks=2, vae_resolution=256,
-                         image_attention="native").eval()
+    model = build_harmon("tiny", **BIG_VAE).eval()  # the default configuration
+    assert model.cfg == replace_cfg(SIZES["tiny"], **BIG_VAE)
     with torch.no_grad():  # non-zero head so its output is informative
         for p in model.mar.diffloss.net.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -174,14 +177,12 @@ def compare_prompt_ids(ref, prompts) -> dict:
     return out
 
 
-BIG_VAE = dict(vae_ch=128, vae_ch_mult=(1, 1, 2, 2, 4), vae_num_res_blocks=2, vae_resolution=256)
-
 
 def _reca_model(spec):
     """The tiny Harmon of the Reca-step parity, in Reca's layout, with the recon BPE tokenizer's vocabulary."""
     torch.manual_seed(1)
-    model = build_harmon("tiny", tokenizer=openuni_tokenizer.build(spec), hint_layout="reca",
-                         image_attention="native", hint_grad_scale=0.1, **BIG_VAE).eval()
+    model = build_harmon("tiny", tokenizer=openuni_tokenizer.build(spec), **method_defaults("reca", "harmon-0.5b"),
+                         **BIG_VAE).eval()
     with torch.no_grad():
         for p in model.mar.diffloss.net.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))

@@ -10,8 +10,9 @@ tokenizer that merges the space after "image:" into the caption), the InternVL f
 (``get_semantic_features`` vs ``embed_image``), the query conditions (LLM at the meta-queries →
 connector → projector, captured at ``diff_loss``), the SANA output for fixed (x_t, t, cond), the
 flow-matching loss for the same noise and u, and a whole generation (DPM-Solver++, cfg, the
-unconditional prompt): latents and decoded pixels. Ours runs with ``image_attention="native"``
-(no hints: exactly the official causal attention).
+unconditional prompt): latents and decoded pixels. Ours runs in the default configuration (only the
+attention implementation is set, to eager): without hints that is exactly the official causal attention
+whatever ``image_attention`` says.
 
 With a checkout of Reca in ``SEGROS_PARITY_RECA_REPO`` (or ``SEGROS_PARITY_SHOWO_RECA_REPO``, the same
 checkout), the caption-free reconstruction prompt too: Reca's ``MidjourneyReconstructionDataset``
@@ -64,7 +65,7 @@ def build_pair(seed: int = 0):
 
     spec = openuni_tokenizer.train_spec()
     tok = openuni_tokenizer.build(spec)
-    cfg = replace(SIZES["tiny"], image_attention="native", attn_implementation="eager")
+    cfg = replace(SIZES["tiny"], attn_implementation="eager")  # the default configuration
     remote = _remote_config(len(tok), cfg)
     torch.manual_seed(seed)
     hf = internvl_hf_config(remote, tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
