@@ -137,7 +137,7 @@ def write_samples(run_dir, world, metadata, images, seeds, layout_dir, per_tag=S
     tmp = os.path.join(run_dir, f".{SAMPLES_IMAGE}.tmp")
     strip.save(tmp, format="PNG")
     os.replace(tmp, os.path.join(run_dir, SAMPLES_IMAGE))
-    payload = {"seed": int(seeds[0]), "tile": [w, h], "samples": records}
+    payload = {"seed": int(seeds[0]), "tile": [w, h], "source": "evaluation", "samples": records}
     tmp = os.path.join(run_dir, f".{SAMPLES_JSON}.tmp")
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=True)
@@ -146,8 +146,10 @@ def write_samples(run_dir, world, metadata, images, seeds, layout_dir, per_tag=S
 
 
 def read_samples(run_dir):
-    """A run's samples: (list of uint8 [H, W, 3] images, the records of ``samples.json``), or None
-    when the run keeps none (runs evaluated before samples were kept)."""
+    """A run's samples: (list of uint8 [H, W, 3] images, the records of ``samples.json``, their
+    source), or None when the run keeps none (runs evaluated before samples were kept). The source
+    is "evaluation" (the run's own images) or "rerun" (a rerun of its config that did not score
+    exactly as stored; :func:`segros.pipeline.backfill_samples` with ``exact=False``)."""
     path = os.path.join(run_dir, SAMPLES_JSON)
     if not os.path.isfile(path):
         return None
@@ -157,7 +159,7 @@ def read_samples(run_dir):
         strip = np.asarray(im.convert("RGB"))
     w = payload["tile"][0]
     images = [strip[:, k * w:(k + 1) * w] for k in range(len(payload["samples"]))]
-    return images, payload["samples"]
+    return images, payload["samples"], payload.get("source", "evaluation")
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import pandas as pd
 import papermill
 from IPython.display import Image
 
-from segros import tables, viz
+from segros import inference, tables, viz
 from segros.presets import get_preset
 from segros.vocab import TAGS
 
@@ -164,6 +164,22 @@ class TableNotebook:
         paper = tables.paper_frame(self.spec.name)["GenEval"].reindex(order)
         fig = viz.plot_beside_paper(self.long, order, paper.values, self.spec.title)
         return Image(filename=str(viz.save_figure(fig, f"{self.figures_dir}/{self.spec.name}")[0]))
+
+
+# -----------------------------------------------------------------------------
+# the qualitative figure (main_results.ipynb)
+
+def run_samples(long: pd.DataFrame, order: Sequence[str], seed: int) -> dict[str, Any]:
+    """{row: the samples its run of ``seed`` keeps} for :func:`segros.viz.plot_samples`, in ``order``;
+    None for a row whose run keeps none (or that the store lacks). "w/o SFT" has one run (seed 0)."""
+    out = {}
+    for label in order:
+        runs = long[long["row"] == label]
+        run = runs[runs["seed"] == seed]
+        if run.empty and len(runs) == 1:  # "w/o SFT": one run whatever the seeds
+            run = runs
+        out[label] = inference.read_samples(run["run"].iloc[0]) if len(run) else None
+    return out
 
 
 # -----------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def ensure_run(config: TrainConfig, runs_dir="runs", table="default", name=None,
     return evaluate_run(model, config, run_dir, world=world, detector=detector, progress=progress)
 
 
-def backfill_samples(run_dir: str, runs_dir="runs", *, backbone=None, data=None, progress=True) -> str:
+def backfill_samples(run_dir: str, runs_dir="runs", *, exact=True, backbone=None, data=None, progress=True) -> str:
     """Give a finished run evaluated before runs kept samples its ``samples.png``/``samples.json``.
 
     The store keeps no fine-tuned weights, so the run's config is trained again in a scratch folder
@@ -118,6 +118,10 @@ def backfill_samples(run_dir: str, runs_dir="runs", *, backbone=None, data=None,
     store was filled with (``benchmarks/bench_tables.py``: one torch thread), or the rerun may
     drift. ``backbone``/``data`` as in :func:`ensure_run` (tests). Returns "kept" (the run had
     samples), "added", or raises.
+
+    ``exact=False`` keeps the samples of a rerun that does not score as stored (a rerun on other
+    hardware or library versions drifts), marked as such: ``samples.json`` then has
+    ``"source": "rerun"`` and both score sets, and the figure says so. Returns "added from a rerun".
     """
     if os.path.isfile(os.path.join(run_dir, inference.SAMPLES_JSON)):
         return "kept"
@@ -131,13 +135,18 @@ def backfill_samples(run_dir: str, runs_dir="runs", *, backbone=None, data=None,
         fresh = inference.evaluate(model, config, scratch, progress=progress)
         old, new = stored.get("geneval", {}), fresh.get("geneval", {})
         differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if differ:
+        if differ and exact:
             raise ValueError(f"{run_dir}: a rerun of its config does not score as stored ({', '.join(differ)}: "
                              f"{[old.get(k) for k in differ]} vs {[new.get(k) for k in differ]}); no samples added")
+        if differ:
+            path = os.path.join(scratch, inference.SAMPLES_JSON)
+            payload = store.read_json(path)
+            payload.update(source="rerun", stored_geneval=old, rerun_geneval=new)
+            store.atomic_write_json(path, payload)
         for name in (inference.SAMPLES_IMAGE, inference.SAMPLES_JSON):
             shutil.copyfile(os.path.join(scratch, name), os.path.join(run_dir, f".{name}.tmp"))
             os.replace(os.path.join(run_dir, f".{name}.tmp"), os.path.join(run_dir, name))
-    return "added"
+    return "added from a rerun" if differ else "added"
 
 
 # -----------------------------------------------------------------------------

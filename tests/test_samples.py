@@ -43,7 +43,8 @@ def test_sample_prompts_take_held_out_compositions_per_tag():
 
 def test_a_run_keeps_its_samples_with_the_detectors_verdicts(tmp_path):
     cfg, folder = _run(tmp_path)
-    images, records = inference.read_samples(str(folder))
+    images, records, source = inference.read_samples(str(folder))
+    assert source == "evaluation"
     payload = json.loads((folder / "samples.json").read_text())
     assert payload["seed"] == cfg.eval_seeds[0] and len(images) == len(records) == len(payload["samples"])
     verdicts = {}
@@ -82,3 +83,28 @@ def test_backfill_adds_samples_only_when_the_rerun_scores_as_stored(tmp_path):
         pipeline.backfill_samples(str(folder), str(tmp_path), backbone=FakeBackbone(), data=fake_train_data(),
                                   progress=False)
     assert not (folder / "samples.png").exists() and not (folder / "samples.json").exists()
+    # exact=False keeps them, marked as a rerun's, with both score sets
+    assert pipeline.backfill_samples(str(folder), str(tmp_path), exact=False, backbone=FakeBackbone(),
+                                     data=fake_train_data(), progress=False) == "added from a rerun"
+    assert (folder / "samples.png").read_bytes() == original["samples.png"]
+    payload = json.loads((folder / "samples.json").read_text())
+    assert payload["source"] == "rerun" and inference.read_samples(str(folder))[2] == "rerun"
+    assert payload["stored_geneval"]["overall"] == payload["rerun_geneval"]["overall"] + 1.0
+
+
+def test_plot_samples_frames_each_image_by_its_verdict():
+    from segros import viz
+
+    recs = [{"tag": t, "prompt": f"a photo of {t}", "held_out": i % 2 == 0, "correct": i % 3 == 0, "reason": ""}
+            for i, t in enumerate(TAGS)]
+    imgs = [np.full((8, 8, 3), 40 * i, np.uint8) for i in range(len(TAGS))]
+    fig = viz.plot_samples({"w/o SFT": None, "SFT": (imgs, recs, "rerun"), "Ours": (imgs, recs, "evaluation")})
+    axes = np.array(fig.axes).reshape(3, len(TAGS))
+    assert axes[1, 0].get_ylabel() == "SFT\n(rerun)" and axes[2, 0].get_ylabel() == "Ours"
+    assert [a.get_xlabel() for a in axes[2]] == ["✓" if r["correct"] else "✗" for r in recs]
+    assert axes[2, 1].spines["top"].get_edgecolor()[:3] == pytest.approx((0xc6 / 255, 0x28 / 255, 0x28 / 255))
+    assert "no samples" in axes[0, 0].texts[0].get_text()
+    with pytest.raises(ValueError, match="prompts differ"):
+        viz.plot_samples({"a": (imgs, recs, "evaluation"), "b": (imgs[::-1], recs[::-1], "evaluation")})
+    with pytest.raises(ValueError, match="no row keeps samples"):
+        viz.plot_samples({"a": None})
