@@ -99,7 +99,7 @@ def held_out(world, record) -> bool:
 def sample_prompts(world, metadata, per_tag=SAMPLES_PER_TAG) -> list[int]:
     """The prompts a run keeps images of: per tag, in GenEval's tag order, the first ``per_tag``
     prompts (metadata order) with a held-out composition, topped up with the tag's first prompts
-    when it has fewer (single-object and counting prompts name no composition)."""
+    when it has fewer (single-object, two-object and counting prompts name no held-out composition)."""
     out = []
     for tag in TAGS:
         idx = [i for i, m in enumerate(metadata) if m["tag"] == tag]
