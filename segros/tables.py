@@ -399,7 +399,7 @@ CLAIMS: tuple[SmallClaim, ...] = (
 #: fine-tuning teaches anything (SFT over the base it starts from; the paper: 72.1 vs 67.6)
 CONTROLS: tuple[SmallClaim, ...] = (
     SmallClaim("aa_control", "A/A control: SFT on seeds {seeds} vs the same config on seeds {aa_seeds} "
-               "(must show no difference)", "controls", "SFT (A/A)", ("SFT",), kind="aa"),
+               "(must show no difference)", "controls", "SFT", ("SFT (A/A)",), kind="aa"),
     SmallClaim("sft_beats_base", "Positive control: SFT beats w/o SFT (Table 1, Harmon-0.5B)", "table1", "SFT",
                ("w/o SFT",), "Harmon-0.5B"),
 )

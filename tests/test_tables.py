@@ -271,7 +271,8 @@ def test_claims_table_reports_the_controls_with_intervals(tmp_path):
     claims = tables.claims_table(runs_dir=str(tmp_path / "a"))
     aa = claims.loc["A/A control: SFT on seeds 0–2 vs the same config on seeds 3–5 (must show no difference)"]
     assert aa["at small scale"] == "no difference (passes)" and aa["runs"] == "3 vs 3"
-    assert aa["difference [±2 SE]"] == "+1.0 [-2.3, +4.3]"  # 1 ± 2·sqrt(4/3 + 4/3)
+    assert aa["difference [±2 SE]"] == "-1.0 [-4.3, +2.3]"  # seeds 0-2 minus 3-5: -1 ± 2·sqrt(4/3 + 4/3)
+    assert aa["small (mean ± sd)"] == "12.0 ± 2.0 vs 13.0 ± 2.0"
     pos = claims.loc["Positive control: SFT beats w/o SFT (Table 1, Harmon-0.5B)"]
     assert pos["at small scale"] == "reproduces" and pos["runs"] == "3 vs 1"
     assert pos["paper"] == "72.1 vs 67.6" and pos["difference [±2 SE]"] == "+8.0 [+5.7, +10.3]"
