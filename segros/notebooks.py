@@ -27,7 +27,7 @@ import pandas as pd
 import papermill
 from IPython.display import Image
 
-from segros import tables, viz
+from segros import inference, tables, viz
 from segros.presets import get_preset
 from segros.vocab import TAGS
 
@@ -104,11 +104,13 @@ class TableNotebook:
 
     def __init__(self, table: str, preset: str = "small", values: Any = None, seeds: Sequence[int] = (0, 1, 2),
                  runs_dir: str = "runs", figures_dir: str = "figures", run_missing: bool = True):
-        self.spec = tables.get_table(table)
-        self.preset = preset
         get_preset(preset)  # raises on an unknown preset
+        # a swept value beyond the paper's rows (-p eta 0.7) becomes a row of its own, in order;
+        # an invalid one (-p eta 1.5) stops here with the config's message
+        self.spec = tables.get_table(table).with_values(values, preset)
+        self.preset = preset
         self.values = values
-        self.selected = self.spec.select(values)  # raises on a value that is not a row of the table
+        self.selected = self.spec.select(values)
         self.seeds = check_seeds(seeds)
         self.runs_dir, self.figures_dir = project_path(runs_dir), project_path(figures_dir)
         self.run_missing = run_missing
@@ -129,7 +131,7 @@ class TableNotebook:
 
     def reproduce(self) -> pd.DataFrame:
         """Train the selected rows the store lacks (``run_missing``); every run the store holds."""
-        self.long = tables.reproduce(self.spec.name, preset=self.preset, seeds=self.seeds, runs_dir=self.runs_dir,
+        self.long = tables.reproduce(self.spec, preset=self.preset, seeds=self.seeds, runs_dir=self.runs_dir,
                                      values=self.values, run_missing=self.run_missing)
         print(f"{len(self.long)} runs in the store for this table")
         return self.long
@@ -140,7 +142,7 @@ class TableNotebook:
         note = tables.damage_note(self.long)
         if note:
             print(note)
-        result = tables.paper_vs_small(self.spec.name, self.long)
+        result = tables.paper_vs_small(self.spec, self.long)
         viz.write_table(result, f"{self.figures_dir}/{self.spec.name}")
         return result
 
@@ -156,11 +158,28 @@ class TableNotebook:
         print("checks passed:", sorted(set(long["row"]), key=labels.index))
 
     def plot(self) -> Image:
-        """The paper's column beside the small-scale runs (:func:`segros.viz.plot_beside_paper`), saved."""
+        """The paper's column beside the small-scale runs (:func:`segros.viz.plot_beside_paper`), saved;
+        a row beyond the paper's has no paper point."""
         order = [r.label for r in self.spec.rows if r.label in set(self.long["row"])]
         paper = tables.paper_frame(self.spec.name)["GenEval"].reindex(order)
         fig = viz.plot_beside_paper(self.long, order, paper.values, self.spec.title)
         return Image(filename=str(viz.save_figure(fig, f"{self.figures_dir}/{self.spec.name}")[0]))
+
+
+# -----------------------------------------------------------------------------
+# the qualitative figure (main_results.ipynb)
+
+def run_samples(long: pd.DataFrame, order: Sequence[str], seed: int) -> dict[str, Any]:
+    """{row: the samples its run of ``seed`` keeps} for :func:`segros.viz.plot_samples`, in ``order``;
+    None for a row whose run keeps none (or that the store lacks). "w/o SFT" has one run (seed 0)."""
+    out = {}
+    for label in order:
+        runs = long[long["row"] == label]
+        run = runs[runs["seed"] == seed]
+        if run.empty and len(runs) == 1:  # "w/o SFT": one run whatever the seeds
+            run = runs
+        out[label] = inference.read_samples(run["run"].iloc[0]) if len(run) else None
+    return out
 
 
 # -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@
   (:func:`segros.rng.isolated`), so a fine-tune is a pure function of its config: the same
   whether its base was pretrained in this process or read from disk.
 - :func:`open_run` and :func:`open_base` reopen a run folder or a base as a model.
+- :func:`backfill_samples` gives a run evaluated before runs kept samples (``samples.png``,
+  :mod:`segros.inference`) its samples, after checking that a rerun scores exactly as stored.
 
 The store's location is always explicit (``runs_dir``), never derived from a run folder's path.
 """
@@ -16,6 +18,8 @@ The store's location is always explicit (``runs_dir``), never derived from a run
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from segros import inference, store
 from segros.backbones.registry import from_config
@@ -101,6 +105,48 @@ def ensure_run(config: TrainConfig, runs_dir="runs", table="default", name=None,
         return store.read_entry(run_dir)[1]
     model = train_run(config, run_dir, runs_dir, backbone=backbone, data=data, hook=hook, progress=progress)
     return evaluate_run(model, config, run_dir, world=world, detector=detector, progress=progress)
+
+
+def backfill_samples(run_dir: str, runs_dir="runs", *, exact=True, backbone=None, data=None, progress=True) -> str:
+    """Give a finished run evaluated before runs kept samples its ``samples.png``/``samples.json``.
+
+    The store keeps no fine-tuned weights, so the run's config is trained again in a scratch folder
+    (a run is a function of its config; the base comes from ``runs_dir``) and evaluated. The samples
+    are copied into ``run_dir`` only when the rerun's GenEval scores equal the stored ones exactly;
+    otherwise ValueError names the differing tags and the run is left as it was. Nothing else in
+    the run changes: its config, hash and ``results.json`` stay. Run it with the thread count the
+    store was filled with (``benchmarks/bench_tables.py``: one torch thread), or the rerun may
+    drift. ``backbone``/``data`` as in :func:`ensure_run` (tests). Returns "kept" (the run had
+    samples), "added", or raises.
+
+    ``exact=False`` keeps the samples of a rerun that does not score as stored (a rerun on other
+    hardware or library versions drifts), marked as such: ``samples.json`` then has
+    ``"source": "rerun"`` and both score sets, and the figure says so. Returns "added from a rerun".
+    """
+    if os.path.isfile(os.path.join(run_dir, inference.SAMPLES_JSON)):
+        return "kept"
+    meta, stored = store.read_entry(run_dir)
+    config = TrainConfig.from_dict(meta["config"])
+    if store.config_hash(config) != meta["hash"]:
+        raise ValueError(f"{run_dir}: its config.json no longer hashes to {meta['hash']} with this code; "
+                         "a rerun would not be the same run")
+    with tempfile.TemporaryDirectory(prefix="segros-samples-") as scratch:
+        model = train_run(config, scratch, runs_dir, backbone=backbone, data=data, progress=progress)
+        fresh = inference.evaluate(model, config, scratch, progress=progress)
+        old, new = stored.get("geneval", {}), fresh.get("geneval", {})
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if differ and exact:
+            raise ValueError(f"{run_dir}: a rerun of its config does not score as stored ({', '.join(differ)}: "
+                             f"{[old.get(k) for k in differ]} vs {[new.get(k) for k in differ]}); no samples added")
+        if differ:
+            path = os.path.join(scratch, inference.SAMPLES_JSON)
+            payload = store.read_json(path)
+            payload.update(source="rerun", stored_geneval=old, rerun_geneval=new)
+            store.atomic_write_json(path, payload)
+        for name in (inference.SAMPLES_IMAGE, inference.SAMPLES_JSON):
+            shutil.copyfile(os.path.join(scratch, name), os.path.join(run_dir, f".{name}.tmp"))
+            os.replace(os.path.join(run_dir, f".{name}.tmp"), os.path.join(run_dir, name))
+    return "added from a rerun" if differ else "added"
 
 
 # -----------------------------------------------------------------------------

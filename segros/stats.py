@@ -2,8 +2,10 @@
 
 A *long* table has one line per run (columns ``row``, ``seed`` and the metrics). :func:`summarize`
 gives mean, sample standard deviation and run count per row; :func:`row_stats` the same as plain
-numbers; :func:`difference` a difference of two means with its standard error; :func:`verdict`
-the label of a claim from those differences.
+numbers; :func:`difference` a difference of two means with its standard error; :func:`interval`
+and :func:`format_difference` that difference with its interval of ``k`` standard errors;
+:func:`verdict` the label of a claim from those differences, :func:`aa_verdict` the label of an
+A/A control (the same config on two disjoint seed sets, which must show no difference).
 """
 
 from __future__ import annotations
@@ -65,3 +67,30 @@ def verdict(diffs: Sequence[tuple[float, float]], k: float = 2.0) -> str:
     if all(d > 0 for d, _ in diffs):
         return "same direction, within noise"
     return "within noise"
+
+
+def interval(diff: tuple[float, float], k: float = 2.0) -> tuple[float, float]:
+    """The interval d ± k·SE of a (difference, standard error) pair: with k = 2 roughly a 95% normal
+    interval, the same k as :func:`verdict` (a claim reproduces when its lower end is above 0)."""
+    d, se = diff
+    return d - k * se, d + k * se
+
+
+def format_difference(diff: tuple[float, float], k: float = 2.0, decimals: int = 1) -> str:
+    """``"+2.2 [-1.0, +5.4]"``: the difference of means and its interval (:func:`interval`)."""
+    lo, hi = interval(diff, k)
+    f = f"{{:+.{decimals}f}}"
+    return f"{f.format(diff[0])} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def aa_verdict(diff: tuple[float, float] | None, k: float = 2.0) -> str:
+    """How an A/A control reads: the same config on two disjoint seed sets must show no difference.
+
+    "no difference (passes)" when |d| ≤ k·SE; otherwise the spread of the seeds understates the
+    noise (or the runs are not what the config says) and every verdict at this k is suspect:
+    "differs (fails)". ``None``: "not run".
+    """
+    if diff is None:
+        return "not run"
+    d, se = diff
+    return "no difference (passes)" if abs(d) <= k * se else "differs (fails)"

@@ -233,3 +233,54 @@ def plot_beside_paper(long: pd.DataFrame, order: Sequence[str], paper_values: Se
     ax_s.set_title("small scale (mean ± sd over seeds)")
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------- the qualitative figure
+VERDICT_COLORS = {True: "#2e7d32", False: "#c62828"}
+
+
+def plot_samples(samples: Mapping[str, tuple[Sequence[np.ndarray], Sequence[Mapping]] | None],
+                 title: str | None = None, tile_inches: float = 1.15) -> plt.Figure:
+    """The same prompts, one row per method (the paper's qualitative comparisons).
+
+    ``samples``: {row label: (images, records, source)} as :func:`segros.inference.read_samples`
+    returns, or None for a run that keeps no samples. Columns are the prompts of the first row that
+    has samples (every run of a world keeps the same ones); each image is framed green or red by the
+    detector's verdict under GenEval's rules, ✓/✗ under it. A held-out prompt is marked "(held out)";
+    a row whose images come from a rerun of its config rather than the stored run says "(rerun)".
+    """
+    kept = [v for v in samples.values() if v is not None]
+    if not kept:
+        raise ValueError("samples: no row keeps samples; evaluate the runs again (segros.pipeline.backfill_samples)")
+    columns = kept[0][1]
+    ncols = len(columns)
+    fig, axes = plt.subplots(len(samples), ncols, figsize=(tile_inches * ncols + 1.0, tile_inches * len(samples) + 0.9),
+                             squeeze=False)
+    for r, (label, value) in enumerate(samples.items()):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                rerun = value is not None and len(value) > 2 and value[2] == "rerun"
+                ax.set_ylabel(label + ("\n(rerun)" if rerun else ""), fontsize=8)
+            if r == 0:
+                rec = columns[c]
+                head = rec["prompt"].removeprefix("a photo of ")
+                ax.set_title(f"{rec['tag']}\n{head}" + ("\n(held out)" if rec["held_out"] else ""), fontsize=6)
+            if value is None:
+                ax.text(0.5, 0.5, "no samples\nkept", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+                continue
+            images, records = value[0], value[1]
+            if [x["prompt"] for x in records] != [x["prompt"] for x in columns]:
+                raise ValueError(f"samples[{label!r}]: its prompts differ from the first row's")
+            ax.imshow(images[c], interpolation="nearest")
+            ok = bool(records[c]["correct"])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(VERDICT_COLORS[ok])
+                spine.set_linewidth(2.0)
+            ax.set_xlabel("✓" if ok else "✗", fontsize=8, color=VERDICT_COLORS[ok], labelpad=1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

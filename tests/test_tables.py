@@ -3,6 +3,7 @@ included), the claim verdicts."""
 
 import os
 
+import numpy as np
 import pytest
 
 from segros import paper, stats, store, tables
@@ -11,7 +12,9 @@ TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_
 
 
 def test_rows_match_the_papers_row_keys():
-    for name, spec in tables.TABLES.items():
+    assert set(tables.TABLES) == set(tables.PAPER_TABLES) | {"controls"}
+    for name in tables.PAPER_TABLES:
+        spec = tables.TABLES[name]
         if name in ("table1", "table2"):
             assert [r.label for r in spec.rows] == ["w/o SFT", "SFT", "Reca", "Ours"]
         else:
@@ -108,8 +111,9 @@ def test_claim_verdicts(tmp_path):
         _fake_run(runs_dir, "table1", tables.row_config(t1, t1.row("SFT"), seed=seed), 10.0 + seed)
     claims = tables.claims_table(runs_dir=runs_dir)
     row = claims.loc["SeGroS beats SFT (Table 1, Harmon-0.5B)"]
-    assert row["at small scale"] == "reproduces" and row["seeds"] == 3
-    assert row["paper GenEval"] == "81.5 vs 72.1"
+    assert row["at small scale"] == "reproduces" and row["runs"] == "3 vs 3"
+    assert row["paper"] == "81.5 vs 72.1"
+    assert row["difference [±2 SE]"] == "+10.0 [+8.4, +11.6]"  # 10 ± 2·sqrt(2/3)
     assert claims.loc["SeGroS beats Reca (Table 1, Harmon-0.5B)", "at small scale"] == "not run"
 
 
@@ -120,7 +124,7 @@ def test_committed_store_holds_every_run_the_notebooks_need():
     runs_dir = os.path.join(os.path.dirname(__file__), "..", "runs")
     for table, preset in (("table1", "small"), ("table1", "small-showo"), ("table2", "small"), ("table3", "small"),
                           ("table4", "small"), ("table5", "small"), ("table6", "small"), ("table8", "small"),
-                          ("table9", "small")):
+                          ("table9", "small"), ("controls", "small")):
         long = tables.reproduce(table, preset=preset, seeds=(0, 1, 2), runs_dir=runs_dir, run_missing=False)
         assert not long.attrs["damaged"], long.attrs["damaged"]
         spec = tables.get_table(table)
@@ -187,3 +191,123 @@ def test_table1_runs_every_backbone_of_the_small_preset():
         ["Harmon-0.5B", "Show-o-256", "OpenUni-3.6B"]
     with pytest.raises(ValueError, match="valid presets"):
         tables.table1_presets("presets")
+
+
+# ----------------------------------------------------------------------------- sweeps beyond the paper's rows
+def test_a_swept_value_beyond_the_paper_becomes_a_row_in_order():
+    t3, t8 = tables.get_table("table3"), tables.get_table("table8")
+    paper_rows = [r.label for r in t3.rows]
+    ext = t3.with_values(0.7, preset="small")
+    labels = [r.label for r in ext.rows]
+    assert labels == paper_rows[:paper_rows.index("50%") + 1] + ["70%"] + paper_rows[paper_rows.index("50%") + 1:]
+    assert [r.label for r in t3.rows] == paper_rows  # the paper's spec is unchanged
+    assert [r.label for r in ext.select([0.7, 0.3])] == ["30%", "70%"]
+    c = tables.row_config(ext, ext.row("70%"), seed=1)
+    assert (c.method, c.eta, c.seed) == ("segros", pytest.approx(0.7), 1)
+    # a paper value adds nothing; several values at once; reference rows of Table 8 stay first
+    assert t3.with_values([0.3, 1.0]) is t3
+    assert [r.label for r in t8.with_values([2.0, 0.25]).rows] == [
+        "w/o SFT", "SFT", "Ours (alpha=0)", "Ours (alpha=0.25)", "Ours (alpha=0.5)", "Ours (alpha=1.0)", "Ours (alpha=2)"]
+    t5 = tables.get_table("table5")
+    assert t5.with_values("top/top") is t5
+
+
+@pytest.mark.parametrize("table, value, message", [
+    ("table3", 1.5, "eta must be in"),
+    ("table3", "lots", "eta must be a number"),
+    ("table8", -0.5, "alpha must be in"),
+    ("table4", "both_ways", "text_filter must be one of"),
+    ("table5", "top-bottom", "hint_seen must be '<hint_from>/<seen_from>'"),
+    ("table5", "top/middle", "seen_from must be one of"),
+])
+def test_an_invalid_swept_value_stops_with_a_clear_error(table, value, message):
+    with pytest.raises(ValueError, match=message):
+        tables.get_table(table).with_values(value, preset="small")
+    with pytest.raises(ValueError, match="no swept parameter"):
+        tables.get_table("table6").with_values(0.5)
+
+
+def test_reproduce_and_the_notebook_show_a_value_beyond_the_paper(tmp_path):
+    from segros.notebooks import TableNotebook  # layer 10, the notebooks' cells
+
+    runs_dir = str(tmp_path / "runs")
+    t3 = tables.get_table("table3")
+    ext = t3.with_values(0.7, preset="small")
+    for seed in (0, 1):
+        for label, v in (("50%", 8.0), ("70%", 9.0), ("80%", 7.0)):
+            _fake_run(runs_dir, "table3", tables.row_config(ext, ext.row(label), seed=seed), v + seed)
+    long = tables.reproduce("table3", seeds=(0, 1), runs_dir=runs_dir, values=0.7, run_missing=False)
+    assert list(dict.fromkeys(long["row"])) == ["50%", "70%", "80%"]
+    out = tables.paper_vs_small(ext, long)
+    assert list(out.index) == [r.label for r in ext.rows]
+    assert out.loc["70%", "small mean"] == 9.5 and out.loc["70%", "runs"] == 2
+    assert np.isnan(out.loc["70%", "paper GenEval"])  # no paper number for it
+    assert out.loc["80%", "paper GenEval"] == paper.cell("table3", "80%", "GenEval")
+    # at the defaults the 70% runs are not part of the table
+    assert "70%" not in set(tables.reproduce("table3", seeds=(0, 1), runs_dir=runs_dir, run_missing=False)["row"])
+
+    nb = TableNotebook("table3", values=[0.5, 0.7], seeds=[0, 1], runs_dir=runs_dir,
+                       figures_dir=str(tmp_path / "fig"), run_missing=False)
+    nb.reproduce()
+    table = nb.table()
+    assert list(table.index[table["runs"] > 0]) == ["50%", "70%", "80%"]
+    nb.check()
+    nb.plot()
+    assert (tmp_path / "fig" / "table3.png").is_file()
+    assert "| 70% |  |" in (tmp_path / "fig" / "table3.md").read_text()  # the empty paper cell
+    with pytest.raises(ValueError, match="eta must be in"):
+        TableNotebook("table3", values=1.5, runs_dir=runs_dir, run_missing=False)
+
+
+# ----------------------------------------------------------------------------- the controls of the claims table
+def test_intervals_and_the_aa_verdict():
+    assert stats.interval((1.0, 0.5)) == (0.0, 2.0)
+    assert stats.interval((1.0, 0.5), k=3) == (-0.5, 2.5)
+    assert stats.format_difference((2.25, 1.5)) == "+2.2 [-0.8, +5.2]"
+    assert stats.aa_verdict((0.9, 0.5)) == "no difference (passes)"
+    assert stats.aa_verdict((-1.1, 0.5)) == "differs (fails)"
+    assert stats.aa_verdict(None) == "not run"
+
+
+def test_aa_rows_run_a_disjoint_seed_set():
+    controls = tables.get_table("controls")
+    aa, sft = controls.row("SFT (A/A)"), controls.row("SFT")
+    assert tables.row_seeds(aa, (0, 1, 2)) == [3, 4, 5] and tables.row_seeds(sft, (0, 1, 2)) == [0, 1, 2]
+    assert tables.row_seeds(aa, (0, 1, 2, 3, 4)) == [5, 6, 7, 8, 9]
+    assert tables.row_seeds(controls.row("w/o SFT"), (0, 1, 2)) == [0]
+    # the same config as Table 1's SFT row: only the seeds differ
+    t1 = tables.get_table("table1")
+    assert store.config_hash(tables.row_config(controls, aa, seed=3)) == \
+        store.config_hash(tables.row_config(t1, t1.row("SFT"), seed=3))
+
+
+def _controls_store(runs_dir, aa_shift):
+    t1, controls = tables.get_table("table1"), tables.get_table("controls")
+    _fake_run(runs_dir, "table1", tables.row_config(t1, t1.row("w/o SFT")), 4.0)
+    for seed, v in zip((0, 1, 2), (10.0, 12.0, 14.0)):
+        _fake_run(runs_dir, "table1", tables.row_config(t1, t1.row("SFT"), seed=seed), v)
+    for seed, v in zip((3, 4, 5), (11.0, 13.0, 15.0)):
+        _fake_run(runs_dir, "controls", tables.row_config(controls, controls.row("SFT (A/A)"), seed=seed), v + aa_shift)
+
+
+def test_claims_table_reports_the_controls_with_intervals(tmp_path):
+    _controls_store(str(tmp_path / "a"), aa_shift=0.0)
+    claims = tables.claims_table(runs_dir=str(tmp_path / "a"))
+    aa = claims.loc["A/A control: SFT on seeds 0–2 vs the same config on seeds 3–5 (must show no difference)"]
+    assert aa["at small scale"] == "no difference (passes)" and aa["runs"] == "3 vs 3"
+    assert aa["difference [±2 SE]"] == "-1.0 [-4.3, +2.3]"  # seeds 0-2 minus 3-5: -1 ± 2·sqrt(4/3 + 4/3)
+    assert aa["small (mean ± sd)"] == "12.0 ± 2.0 vs 13.0 ± 2.0"
+    pos = claims.loc["Positive control: SFT beats w/o SFT (Table 1, Harmon-0.5B)"]
+    assert pos["at small scale"] == "reproduces" and pos["runs"] == "3 vs 1"
+    assert pos["paper"] == "72.1 vs 67.6" and pos["difference [±2 SE]"] == "+8.0 [+5.7, +10.3]"
+    # per-tag lines of the Table 1 claims, with the paper's tag columns
+    tag = claims.loc["Positive control: SFT beats w/o SFT (Table 1, Harmon-0.5B): position"]
+    assert tag["paper"] == f"{paper.cell('table1', 'Harmon-0.5B / SFT', 'Position'):g} vs " \
+                           f"{paper.cell('table1', 'Harmon-0.5B / w/o SFT', 'Position'):g}"
+    assert tag["at small scale"] == "reproduces"
+    assert "SeGroS beats SFT (Table 1, Harmon-0.5B): colour attribute" in claims.index
+    assert list(claims.index[:2]) == [aa.name, pos.name]  # the controls come first
+    # an A/A pair whose second seed set scores higher than its spread allows fails
+    _controls_store(str(tmp_path / "b"), aa_shift=6.0)
+    claims = tables.claims_table(runs_dir=str(tmp_path / "b"))
+    assert claims.iloc[0]["at small scale"] == "differs (fails)"
