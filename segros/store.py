@@ -139,8 +139,9 @@ def base_folder(runs_dir, base: TrainConfig) -> str:
 # -----------------------------------------------------------------------------
 # checkpoints
 
-def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scaler=None):
-    """Write ``checkpoint.tmp/`` then rename it over ``checkpoint/`` (the latest state only)."""
+def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scaler=None, extra=None):
+    """Write ``checkpoint.tmp/`` then rename it over ``checkpoint/`` (the latest state only).
+    ``extra``: more state to restore (the data feed's skip counts), returned by :func:`load_checkpoint_extra`."""
     tmp = os.path.join(run_dir, CHECKPOINT + ".tmp")
     final = os.path.join(run_dir, CHECKPOINT)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -150,6 +151,8 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scal
              "rng": rng_state(generators)}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
+    if extra is not None:
+        state["extra"] = extra
     torch.save(state, os.path.join(tmp, "trainer.pt"))
     old = final + ".old"
     if os.path.exists(final):
@@ -173,6 +176,11 @@ def load_checkpoint(run_dir, model, optimizer, scheduler, generators, scaler=Non
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], generators)
     return int(state["step"])
+
+
+def load_checkpoint_extra(run_dir):
+    """The ``extra`` state :func:`save_checkpoint` stored (None when it stored none)."""
+    return torch.load(os.path.join(run_dir, CHECKPOINT, "trainer.pt"), weights_only=False).get("extra")
 
 
 # -----------------------------------------------------------------------------
