@@ -34,9 +34,9 @@ DATA_ROWS = ("world_size", "t2i_seen", "t2i_skipped", "t2i_skip_frac")
 
 def small(files, fmt, **kw):
     """The small preset from a random start on format ``fmt`` (T2I) and the LLaVA JSON (I2T), shrunk."""
-    return get_preset("small").replace(
-        init_from=None, t2i_data=files[fmt], i2t_data=files["llava"], i2t_image_root=files["llava_root"],
-        batch_size=4, max_steps=3, warmup_steps=1, log_every=1, ckpt_every=2, max_skip_frac=0.3, **kw)
+    args = dict(init_from=None, t2i_data=files[fmt], i2t_data=files["llava"], i2t_image_root=files["llava_root"],
+                batch_size=4, max_steps=3, warmup_steps=1, log_every=1, ckpt_every=2, max_skip_frac=0.3)
+    return get_preset("small").replace(**{**args, **kw})
 
 
 def same_run(a, b):
@@ -74,10 +74,11 @@ def test_each_format_trains_and_resumes_exactly(files, fmt, tmp_path):  # noqa: 
 
 def test_corrupt_jpeg_and_empty_caption_are_counted_and_training_goes_on(files, tmp_path):  # noqa: F811
     """One epoch of the 16-sample shards draws each sample once: the corrupt JPEG and the empty caption
-    are each skipped once, replaced by the next sample, logged per reason; the run finishes."""
+    are each skipped once, replaced by the next sample, logged per reason; the run finishes. Decoded
+    in 2 DataLoader workers (the counts travel back with the batches)."""
     cfg = small(files, "wds", max_steps=4)
     out = str(tmp_path / "run")
-    train(cfg, out, progress=False)
+    train(cfg, out, progress=False, num_workers=2)
     last = store.read_metrics(out)[-1]
     assert (last["t2i_skipped"], last["t2i_seen"]) == (2, 18)
     assert last["t2i_skipped_undecodable_image"] == 1 and last["t2i_skipped_empty_caption"] == 1
