@@ -181,9 +181,10 @@ def test_two_processes_give_the_losses_of_one_resume_and_write_one_run(tmp_path)
     assert {r["world_size"] for r in r1} == {1} and {r["world_size"] for r in r2} == {2}
     for key in ("loss", "loss_t2i", "loss_i2t"):
         rel = max(abs(a[key] - b[key]) / abs(a[key]) for a, b in zip(r1, r2))
+        print(f"2 processes vs 1, {key}: max relative difference over 10 steps {rel:.2e}")
         assert rel <= 1e-4, (key, rel)
     assert [r["t2i_seen"] for r in r1] == [r["t2i_seen"] for r in r2]  # counts summed over the processes
-    assert sorted(os.listdir(two)) == ["checkpoint", "config.json", "metrics.jsonl", "model.safetensors"]
+    assert sorted(os.listdir(two)) == ["config.json", "metrics.jsonl", "model.safetensors"]  # no checkpoint: ckpt_every 50
     assert json.loads((two / "config.json").read_text()) == json.loads((one / "config.json").read_text())
     # killed (SIGKILL, both processes) after its first checkpoint, then resumed on 2 processes: the same run
     proc = launch(2, killed, "--set", "ckpt_every=3", wait=False)
