@@ -18,6 +18,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from segros import shard
+
 
 # ---- checks and the empty loss ------------------------------------------------------------------
 
@@ -43,7 +45,13 @@ def _check_weight(loss_weight: torch.Tensor, shape, name: str = "loss_weight") -
 
 
 def _weighted_mean(per_token: torch.Tensor, weight: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """Σ w ℓ / Σ w; 0 with a graph (through ``anchor``) when Σ w = 0."""
+    """Σ w ℓ / Σ w; 0 with a graph (through ``anchor``) when Σ w = 0. With several processes the sums
+    run over the global batch (:func:`segros.shard.weighted_mean`)."""
+    if shard.active():
+        total = shard.all_sum(weight.sum().detach().float())
+        if float(total) == 0.0:
+            return zero_loss(anchor)
+        return ((per_token * weight).sum() + zero_loss(anchor)) * shard.world_size() / total
     total = weight.sum()
     if per_token.numel() == 0 or float(total) == 0.0:
         return zero_loss(anchor)
@@ -197,6 +205,8 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     _check_weight(loss_weight, z0.shape[:2])
     sel = loss_weight > 0
+    if shard.active():
+        return _diffusion_mse_sharded(predictor, z0, cond, loss_weight, schedule, num_samples, generator)
     if not bool(sel.any()):
         return zero_loss(cond, z0)
     x0 = z0[sel].repeat(num_samples, 1)          # [M*S, C], copy s of token j at row s*M + j
@@ -211,6 +221,35 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
         raise ValueError(f"predictor must return [M, C] = {tuple(x0.shape)}, got {tuple(eps_hat.shape)}")
     per_row = (eps_hat.float() - noise.float()).pow(2).mean(dim=-1)
     return (per_row * w).sum() / w.sum()
+
+
+def _diffusion_mse_sharded(predictor, z0, cond, loss_weight, schedule, num_samples, generator):
+    """:func:`diffusion_mse` on this process's rows of a global batch (:mod:`segros.shard`): t and ε
+    drawn for every copy of every selected token of the global batch, in its layout (copy s of
+    global token j at row s·M + j; this process's tokens are a contiguous run of j), and the
+    weighted mean taken over the global batch."""
+    sel = loss_weight > 0
+    x0 = z0[sel].repeat(num_samples, 1)
+    c = cond[sel].repeat(num_samples, 1)
+    w = loss_weight[sel].float().repeat(num_samples)
+    m = int(sel.sum())
+    offset, m_global = shard.rows(m)
+    if m_global == 0:
+        return zero_loss(cond, z0)
+    t = torch.randint(0, schedule.num_steps, (m_global * num_samples,), generator=generator, device=z0.device)
+    noise = torch.randn((m_global * num_samples, z0.shape[-1]), generator=generator, device=z0.device,
+                        dtype=torch.float32).to(x0.dtype)
+    mine = (torch.arange(num_samples, device=z0.device)[:, None] * m_global + offset
+            + torch.arange(m, device=z0.device)[None]).reshape(-1)
+    t, noise = t[mine], noise[mine]
+    if m == 0:
+        return shard.weighted_mean(zero_loss(cond, z0), w.sum())  # takes part in the global sum
+    x_t = schedule.q_sample(x0, t, noise)
+    eps_hat = predictor(x_t, t, c)
+    if eps_hat.shape != x0.shape:
+        raise ValueError(f"predictor must return [M, C] = {tuple(x0.shape)}, got {tuple(eps_hat.shape)}")
+    per_row = (eps_hat.float() - noise.float()).pow(2).mean(dim=-1)
+    return shard.weighted_mean((per_row * w).sum(), w.sum())
 
 
 # ---- OpenUni / SANA: rectified flow ------------------------------------------------------------
@@ -240,10 +279,10 @@ def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Genera
         raise ValueError(f"loss_weight must have a prefix of x0's shape {tuple(x0.shape)}, got {tuple(loss_weight.shape)}")
     _check_weight(loss_weight, x0.shape[:loss_weight.ndim])
     b = x0.shape[0]
-    t = torch.rand(b, generator=generator, device=x0.device)
+    t = shard.draw(lambda s: torch.rand(s, generator=generator, device=x0.device), b)
     if num_train_timesteps:
         t = (num_train_timesteps - (t * num_train_timesteps).long()).float() / num_train_timesteps
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    noise = shard.draw(lambda s: torch.randn(s, generator=generator, device=x0.device), b, *x0.shape[1:])
     tb = t.reshape((b,) + (1,) * (x0.ndim - 1))
     x_t = ((1 - tb) * x0.float() + tb * noise).to(x0.dtype)
     v_hat = predictor(x_t, t, cond)
@@ -252,6 +291,8 @@ def flow_matching_mse(predictor, x0: torch.Tensor, cond, generator: torch.Genera
     err = (v_hat.float() - (noise - x0.float())).pow(2)
     per_elem = err.flatten(loss_weight.ndim).mean(dim=-1) if err.ndim > loss_weight.ndim else err
     w = loss_weight.float()
+    if shard.active():
+        return _weighted_mean(per_elem, w, v_hat)
     if float(w.sum()) == 0.0:
         return zero_loss(v_hat)
     return (per_elem * w).sum() / w.sum()
@@ -278,6 +319,9 @@ def i2t_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     if bool(bad.any()):
         b, k = sel.nonzero()[bad.nonzero()[0, 0]].tolist()
         raise ValueError(f"labels[{b}, {k + 1}] = {labels[b, k + 1].item()} is outside [0, {logits.shape[-1]})")
+    if shard.active():  # the mean over the supervised tokens of the global batch
+        nll = F.cross_entropy(pred[sel].float(), t, reduction="none")
+        return _weighted_mean(nll, torch.ones_like(nll), logits)
     if t.numel() == 0:
         return zero_loss(logits)
     return F.cross_entropy(pred[sel].float(), t, reduction="mean")

@@ -141,8 +141,9 @@ def base_folder(runs_dir, base: TrainConfig) -> str:
 
 def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scaler=None, extra=None):
     """Write ``checkpoint.tmp/`` then rename it over ``checkpoint/`` (the latest state only).
-    ``extra``: tensors of the run's state that are not weights (the grounding snapshot of the text
-    embeddings), stored in ``trainer.pt``."""
+    ``extra``: state of the run that is not weights: the grounding snapshot of the text embeddings
+    (tensors) and the data feed's skip counts; :func:`load_checkpoint` fills a dict with it and
+    :func:`load_checkpoint_extra` returns it."""
     tmp = os.path.join(run_dir, CHECKPOINT + ".tmp")
     final = os.path.join(run_dir, CHECKPOINT)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +154,7 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scal
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
     if extra:
-        state["extra"] = {k: v.detach().cpu() for k, v in extra.items()}
+        state["extra"] = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in extra.items()}
     torch.save(state, os.path.join(tmp, "trainer.pt"))
     old = final + ".old"
     if os.path.exists(final):
@@ -180,6 +181,11 @@ def load_checkpoint(run_dir, model, optimizer, scheduler, generators, scaler=Non
     if extra is not None:
         extra.update(state.get("extra", {}))
     return int(state["step"])
+
+
+def load_checkpoint_extra(run_dir):
+    """The ``extra`` state :func:`save_checkpoint` stored (None when it stored none)."""
+    return torch.load(os.path.join(run_dir, CHECKPOINT, "trainer.pt"), weights_only=False).get("extra")
 
 
 # -----------------------------------------------------------------------------

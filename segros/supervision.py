@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from segros import shard
 from segros.grounding import check_ratio, floor_count, rank_descending
 from segros.presets import GAMMA_PER, HINT_FROM, LOSS_ON, SCHEDULES, SEEN_FROM
 
@@ -99,7 +100,8 @@ def select_hint_idx(score, H, largest=True):
 def random_scores(B, N, generator, device):
     """U[0, 1) scores [B, N] on the generator's device, moved to ``device``."""
     gen_device = generator.device if generator is not None else device
-    return torch.rand(B, N, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+    draw = shard.draw(lambda s: torch.rand(s, generator=generator, device=gen_device, dtype=torch.float64), B, N)
+    return draw.to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +120,8 @@ def perturb(m_bar, alpha=0.5, generator=None):
         return m_bar
     dtype = torch.float64 if m_bar.dtype == torch.float64 else torch.float32
     gen_device = generator.device if generator is not None else m_bar.device
-    xi = torch.rand(m_bar.shape, generator=generator, device=gen_device, dtype=dtype).to(m_bar.device)
+    xi = shard.draw(lambda s: torch.rand(s, generator=generator, device=gen_device, dtype=dtype),
+                    m_bar.shape[0], *m_bar.shape[1:]).to(m_bar.device)
     return m_bar.to(dtype) + alpha * xi
 
 
@@ -258,7 +261,11 @@ def sample_gamma(schedule="uniform", B=1, per="batch", generator=None):
         raise ValueError(f"B must be an int >= 1, got {B}")
     n = 1 if per == "batch" else B
     gen_device = generator.device if generator is not None else "cpu"
-    u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64).cpu()
+    if per == "batch":  # one γ for the whole global batch: every process draws the same
+        u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
+    else:  # one per row of the global batch, this process's rows (segros.shard)
+        u = shard.draw(lambda s: torch.rand(s, generator=generator, device=gen_device, dtype=torch.float64), n)
+    u = u.cpu()
     gamma = {"uniform": _uniform, "truncnorm": _truncnorm, "cosine": _cosine}[schedule](u)
     return float(gamma[0]) if per == "batch" else gamma
 

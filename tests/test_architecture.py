@@ -19,7 +19,7 @@ PACKAGE = ROOT / "segros"
 # of its own subpackage (backbones.*, data.*, eval.*, train.*) without a cycle
 LAYERS = {
     "segros": 0,
-    "segros.paper": 1, "segros.rng": 1, "segros.presets": 1.5,
+    "segros.paper": 1, "segros.rng": 1, "segros.shard": 1, "segros.presets": 1.5,
     "segros.grounding": 2, "segros.attention": 2, "segros.objectives": 2, "segros.supervision": 2.5,
     "segros.vocab": 3,
     "segros.data": 4, "segros.eval": 4,

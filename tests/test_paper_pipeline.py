@@ -45,7 +45,7 @@ ALWAYS_FROZEN = {"harmon": ("vae.",), "showo": ("vq_model.", "clip."), "openuni"
 # the only TrainConfig fields this file changes in a paper preset (sizes; plus precision in the bf16 test)
 SHRUNK = {"backbone", "backbone_kwargs", "method", "max_steps", "warmup_steps", "batch_size", "grad_accum",
           "i2t_micro", "n_train", "n_qa_train", "image_size", "eval_prompts", "eval_seeds", "log_every",
-          "ckpt_every", "precision"}
+          "ckpt_every", "precision", "t2i_data", "i2t_data"}
 N_PROMPTS, SEEDS = 6, (0,)
 RECON = ["a red circle", "two blue squares", "the green cross", "a yellow star left of a circle"]
 
@@ -173,7 +173,7 @@ def paper_config(family, method, kwargs, **kw):
     cfg = preset.replace(backbone=f"{family}-tiny", backbone_kwargs=kwargs, method=method, max_steps=2,
                          warmup_steps=1, batch_size=2, grad_accum=2, i2t_micro=2 if preset.i2t_micro else 0,
                          n_train=4, n_qa_train=4, image_size=32, eval_prompts=N_PROMPTS, eval_seeds=SEEDS,
-                         log_every=1, ckpt_every=1, **kw)
+                         log_every=1, ckpt_every=1, t2i_data="shapes", i2t_data="shapes", **kw)
     changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(preset, f.name)}
     assert changed <= SHRUNK, changed - SHRUNK  # the rest is Table 7's column as the preset has it
     return cfg
@@ -334,7 +334,7 @@ def test_paper_command_line(official, tmp_path, capsys):
             "--set", "warmup_steps=1", "--set", "batch_size=2", "--set", "grad_accum=2", "--set", "i2t_micro=2",
             "--set", "n_train=4", "--set", "n_qa_train=4", "--set", "image_size=32",
             "--set", f"eval_prompts={N_PROMPTS}", "--set", "eval_seeds=0", "--set", "log_every=1",
-            "--set", "ckpt_every=1"]
+            "--set", "ckpt_every=1", "--set", "t2i_data=shapes", "--set", "i2t_data=shapes"]
     assert main(argv) == 0, capsys.readouterr().err[-3000:]
     expected = paper_config("harmon", "segros", kwargs)
     assert json.loads((tmp_path / "harmon05" / "config.json").read_text())["hash"] == store.config_hash(expected)

@@ -71,6 +71,12 @@ def test_readme_small_commands_run_as_written_and_reuse_the_committed_base(argv,
 @pytest.mark.parametrize("argv", PAPER, ids=[c[c.index("--preset") + 1] for c in PAPER])
 def test_readme_paper_commands_stop_with_a_clear_error_without_the_checkpoints(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main([*argv, "--max-steps", "1", "--quiet"]) == 1
+    # without the data: stopped before anything is built (exit 2), naming the missing path
+    assert main([*argv, "--max-steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "t2i_data='/data/midjourney-v6-llava': no such file or folder" in err and "Traceback" not in err
+    # with data (the shapes world asked for) but without the checkpoints: the backbone names them (exit 1)
+    assert main([*argv, "--max-steps", "1", "--quiet", "--set", "t2i_data=shapes", "--set", "i2t_data=shapes",
+                 "--set", "i2t_image_root=null"]) == 1
     err = capsys.readouterr().err
     assert "cannot build backbone" in err and "/ckpt/" in err and "Traceback" not in err

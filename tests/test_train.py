@@ -273,7 +273,8 @@ def test_cli_errors_exit_2(tmp_path, args, needle):
 
 def test_cli_paper_preset_without_backbone_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "segros.train", "--preset", "paper-showo-256", "--quiet",
-                           "--out", str(tmp_path / "r"), "--max-steps", "1"],
+                           "--out", str(tmp_path / "r"), "--max-steps", "1", "--set", "t2i_data=shapes",
+                           "--set", "i2t_data=shapes"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "cannot build backbone 'showo-256'" in proc.stderr and "checkpoint" in proc.stderr

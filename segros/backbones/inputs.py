@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segros import shard
+
 
 def resize_to_pixels(images: Sequence[Any], size: int) -> torch.Tensor:
     """PIL images or uint8 arrays [H, W, 3] -> pixels [B, 3, size, size] in [0, 1] (bicubic, RGB).
@@ -173,7 +175,8 @@ class CaptionDropout:
                         generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows :meth:`draw_dropped` picks become ``tokenize_prompts([""])`` (right-padded to the
         batch's width with ``prompt_pad_id``). Rows must come from :meth:`tokenize_prompts`."""
-        drop = self.draw_dropped(text_ids.shape[0], generator).to(text_ids.device)
+        b = text_ids.shape[0]  # drawn for the global batch, this process's rows (segros.shard)
+        drop = shard.local_rows(self.draw_dropped(shard.rows(b)[1], generator), b).to(text_ids.device)
         if not bool(drop.any()):
             return text_ids, text_mask
         empty = self.tokenize_prompts([""])

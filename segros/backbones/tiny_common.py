@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_model, save_model
 
+from segros import shard
 from segros.attention import forward_with_mask, segros_attention_mask
 from segros.backbones.base import Backbone
 from segros.data.image_tokenizer import images_to_pixels, pixels_to_uint8
@@ -144,7 +145,7 @@ class TinyBackbone(Backbone):
         prompts unchanged."""
         if hints is not None or not self.training or self.config.cfg_drop_prob <= 0:
             return input_ids, attention_mask
-        drop = torch.rand(input_ids.shape[0]) < self.config.cfg_drop_prob
+        drop = shard.draw(lambda s: torch.rand(s), input_ids.shape[0]) < self.config.cfg_drop_prob
         if not drop.any():
             return input_ids, attention_mask
         empty = torch.full_like(input_ids[0], self.tokenizer.pad_token_id)
@@ -203,6 +204,10 @@ class TinyBackbone(Backbone):
         labels = batch["labels"][:, 1:]
         if not (labels != -100).any():
             raise ValueError("batch['labels'] has no labelled token after the first position")
+        if shard.active():  # the mean over the labelled tokens of the global batch (segros.shard)
+            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                  ignore_index=-100, reduction="sum")
+            return shard.weighted_mean(nll, (labels != -100).sum().float())
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=-100)
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PhiConfig, PhiForCausalLM
 
+from segros import shard
 from segros.backbones.base import VisualTokens
 from segros.backbones.tiny_common import TinyBackbone, TinyConfig, check_batch
 from segros.data.image_tokenizer import PatchKMeansTokenizer
@@ -137,6 +138,8 @@ class TinyShowo(TinyBackbone):
         ids, am = self.drop_prompts(batch["input_ids"], batch["attention_mask"], hints)
         logits = self.code_logits(hints, ids, am, image_ids)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
+        if shard.active():  # Σ w·NLL / Σ w over the global batch (segros.shard)
+            return shard.weighted_mean((nll.reshape(b, n) * weight).sum(), weight.sum())
         return (nll.reshape(b, n) * weight).sum() / weight.sum()
 
     @torch.no_grad()

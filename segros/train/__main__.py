@@ -1,14 +1,20 @@
 """The command line of training (it sits above :mod:`segros.pipeline`, which resolves the base)::
 
     python -m segros.train --preset small --method segros --out out/demo [--runs-dir runs] [--evaluate]
-                           [--max-steps N] [--set key=value ...] [--quiet]
+                           [--max-steps N] [--set key=value ...] [--num-workers N] [--quiet]
+    accelerate launch [--config_file accelerate_configs/8gpu_ddp.yaml] -m segros.train ...   (several processes)
     python -m segros.train pretrain --preset small --out out/base-demo [--max-steps N] [--set key=value ...]
 
 ``--out`` is the run folder, anywhere on disk. ``--runs-dir`` is the run store a fine-tune takes its
 shared "w/o SFT" base from (``init_from="auto"``: ``<runs-dir>/base/<backbone>_<hash>``, pretrained
 there first when missing); the default ``runs`` is the committed store, so the small preset reuses
 its base. ``pretrain`` trains the base of the preset's config into ``--out`` (``--max-steps`` sets
-its pretraining steps).
+its pretraining steps). ``--num-workers``: DataLoader workers decoding images (docs/data.md: at
+least 3 per GPU for the paper's models).
+
+Exit codes: 0 done; 2 a setting that names no data (a ``paper-*`` preset without ``t2i_data``: the
+message names the paper's dataset for that row), a missing path or an unknown column, stopped
+before the first step; 1 a run that stopped (too much unreadable data, a non-finite loss).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from segros.data.sources import NoDataSourceError, SourceError
 from segros.pipeline import base_config, evaluate_run, train_run
 from segros.presets import METHODS, PRESETS, get_preset
 from segros.train import pretrain
@@ -56,6 +63,8 @@ def make_parser(stage):
     parser.add_argument("--out", required=True, help="the run folder")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers that decode and preprocess images (default 0: in the training process)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -75,9 +84,12 @@ def main(argv=None):
                 config = config.replace(pretrain_steps=args.max_steps)
             pretrain(base_config(config), args.out, progress=progress)
         else:
-            model = train_run(config, args.out, args.runs_dir, progress=progress)
+            model = train_run(config, args.out, args.runs_dir, progress=progress, num_workers=args.num_workers)
             if args.evaluate:
                 print(evaluate_run(model, config, args.out, progress=progress))
+    except (NoDataSourceError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,9 +1,15 @@
-"""What a training step reads: the shapes world's pairs, in an order that is a function of (seed, k).
+"""What a training step reads, in an order that is a function of (seed, k), sharded over processes.
 
 One optimizer step is ``grad_accum`` T2I micro-batches and ``i2t_micro`` I2T micro-batches, each
 single-source, interleaved T, I, T, I, ... (:func:`micro_schedule`; ``docs/conventions.md``). The
-batch of micro-step ``k`` of each source is a pure function of ``(seed, k)``
+*global* batch of micro-step ``k`` of each source is a pure function of ``(seed, k)``
 (:func:`batch_indices`), so a resumed run sees the same data without storing a position.
+
+:class:`Feed` reads the sources of a run (``segros.data.sources``: the shapes world by default,
+real datasets when the config names them) through DataLoaders whose workers decode and preprocess
+with the backbone's own ``preprocess_images``; process ``r`` of ``W`` gets its rows of every global
+batch, counts the samples it had to skip, and the counts are summed over processes every step
+(``docs/data.md``).
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
+from segros import shard
 from segros.data.shapes import ShapesWorld
+from segros.data.sources import (I2T_SEED_OFFSET, DataStats, ListSource, TrainSources, build_sources, check_skips,
+                                 i2t_model_batch, make_loader, stats_row, t2i_model_batch, trains_i2t)
 from segros.presets import TrainConfig
 
-I2T_SEED_OFFSET = 7919  # the I2T stream's permutations are seeded apart from the T2I stream's
 
 
 @dataclass
@@ -74,3 +82,86 @@ def micro_schedule(config: TrainConfig):
 
 def to_device(batch, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# the feed: sources -> this process's micro-batches
+
+def as_sources(config: TrainConfig, data=None, split: str = "finetune") -> TrainSources:
+    """The sources of a run: ``data`` as given (``TrainSources``, or ``TrainData`` lists held in
+    memory), else the config's (:func:`segros.data.sources.build_sources`: every path and column
+    checked now)."""
+    if data is None:
+        return build_sources(config, split)
+    if isinstance(data, TrainSources):
+        return data
+    if isinstance(data, TrainData):
+        i2t = ListSource(data.i2t, "i2t", "given I2T pairs") if trains_i2t(config) else None
+        return TrainSources(ListSource(data.t2i, "t2i", "given T2I pairs"), i2t)
+    raise TypeError(f"data must be TrainSources, TrainData or None, got {type(data).__name__}")
+
+
+class Feed:
+    """This process's micro-batches of a run, from optimizer step ``start`` to ``config.max_steps``.
+
+    Per source a DataLoader (:func:`segros.data.sources.make_loader`) over the global micro-batches
+    ``k = start * per_step, ...`` (T2I seeded ``seed``, I2T ``seed + I2T_SEED_OFFSET``), this
+    process's rows of each; ``num_workers`` processes decode and preprocess. With several processes
+    the captions of the global batch are gathered and tokenized together, then sliced, so a row is
+    padded as it is with one process. ``stats`` holds the skip counts summed over processes (the
+    same on every process); :meth:`end_step` adds this step's and stops the run past ``max_skip_frac``.
+    """
+
+    def __init__(self, backbone, sources: TrainSources, config: TrainConfig, start: int = 0, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+        self.backbone, self.config, self.world_size = backbone, config, world_size
+        self.sources = {"t2i": sources.t2i}
+        if sources.i2t is not None and config.lam > 0 and config.i2t_micro > 0:
+            self.sources["i2t"] = sources.i2t
+        self.per_step = {"t2i": config.grad_accum, "i2t": config.i2t_micro}
+        seeds = {"t2i": config.seed, "i2t": config.seed + I2T_SEED_OFFSET}
+        self.next_k, self.iters, self.stats, self.delta = {}, {}, {}, {}
+        for name, src in self.sources.items():
+            k0 = start * self.per_step[name]
+            loader = make_loader(src, backbone.preprocess_images, batch_size=config.batch_size, seed=seeds[name],
+                                 start=k0, stop=config.max_steps * self.per_step[name], rank=rank,
+                                 world_size=world_size, num_workers=num_workers, pin_memory=pin_memory)
+            self.next_k[name], self.iters[name] = k0, iter(loader)
+            self.stats[name] = DataStats(len(src))
+            self.delta[name] = DataStats(len(src))
+
+    def batch(self, name: str, k: int) -> dict:
+        """Micro-batch ``k`` of source ``name`` (they come in order), as the backbone's model batch (on the CPU)."""
+        if k != self.next_k[name]:
+            raise RuntimeError(f"{name} micro-batch {k} asked for, the loader is at {self.next_k[name]}")
+        raw = next(self.iters[name])
+        self.next_k[name] += 1
+        self.delta[name].update(raw)
+        if name == "t2i":
+            if shard.active():  # tokenized with the global batch's captions: the padding of one process
+                text = self.backbone.tokenize_prompts(shard.gather_objects(raw["texts"]))
+                n = len(raw["texts"])
+                return {**{key: shard.local_rows(v, n) for key, v in text.items()}, "pixels": raw["pixels"]}
+            return t2i_model_batch(self.backbone, raw)
+        return i2t_model_batch(self.backbone, raw)
+
+    def end_step(self) -> None:
+        """Add this step's skip counts, summed over processes, and stop past ``max_skip_frac``."""
+        for name, d in self.delta.items():
+            total = shard.all_sum(d.to_tensor()) + self.stats[name].to_tensor()
+            examples = (self.stats[name].examples + d.examples)[:5]
+            self.stats[name] = DataStats.from_tensor(total, d.n_source, examples)
+            self.delta[name] = DataStats(d.n_source)
+            check_skips(self.stats[name], self.config.max_skip_frac, self.sources[name].name)
+
+    def row(self) -> dict:
+        """The data columns of a ``metrics.jsonl`` row: ``world_size`` and the skip counts."""
+        return stats_row(self.stats["t2i"], self.stats.get("i2t"), self.world_size)
+
+    def state_dict(self) -> dict:
+        return {name: st.state_dict() for name, st in self.stats.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, st in (state or {}).items():
+            if name in self.stats:
+                self.stats[name].load_state_dict(st)

@@ -13,6 +13,14 @@ gradient accumulation. accelerate fixes one mixed-precision mode per process, so
 precision would stop a notebook from running an fp32 and a bf16 training in a row.
 Optimisation (``docs/conventions.md``): AdamW without weight decay on 1-D parameters, biases and
 what the backbone's ``no_weight_decay`` names (Harmon's diffusion head), linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0 at ``max_steps``.
+
+Several processes (``accelerate launch``, ``docs/data.md``): the model is wrapped by accelerate
+(DDP) behind :class:`Call`, so that every micro-batch runs through the wrapper's ``forward`` and
+DDP averages the gradients; each process reads its rows of every global batch (:class:`Feed`), and
+inside :func:`segros.shard.use` the random draws and means run over the global batch, so the
+losses are those of one process with the same global batch. ``batch_size`` stays the global
+micro-batch. Only the main process writes the run folder; the others read the checkpoint they
+resume from.
 """
 
 from __future__ import annotations
@@ -24,14 +32,16 @@ import time
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
+from torch import nn
 from tqdm.auto import tqdm
 
-from segros import store
+from segros import shard, store
 from segros.backbones.registry import check_backbone, from_config
 from segros.presets import TrainConfig, autocast, resolve_precision
 from segros.rng import seed_everything
-from segros.train.data import TrainData, make_i2t_batch, make_t2i_batch, micro_schedule, shapes_data, to_device
+from segros.train.data import Feed, as_sources, micro_schedule, shapes_data, to_device
 from segros.train.steps import finetune_objective, prepare_text_embeddings, pretrain_objective
 
 
@@ -97,56 +107,89 @@ def set_up(config: TrainConfig, backbone=None, init: str | None = None):
     return backbone
 
 
+class Call(nn.Module):
+    """The backbone behind a ``forward(fn, *args) = fn(backbone, *args)``: the module accelerate wraps
+    (DDP), so that each micro-batch's computation runs inside the wrapper's forward whatever backbone
+    methods it calls."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, fn, *args):
+        return fn(self.net, *args)
+
+
+def _t2i(objective, generator):
+    def run(net, batch):
+        return objective(net, batch, generator)
+    return run
+
+
+def _i2t(net, batch):
+    return net.i2t_loss(batch)
+
+
 class Trainer:
     """Everything one run updates: the prepared model and optimizer, the learning-rate schedule,
-    the loss scaler (fp16 only), the run's generator of γ, masks and ξ (seeded ``seed + 1``) and
-    the step to start from (restored from the run's checkpoint when there is one)."""
+    the loss scaler (fp16 only), the run's generator of γ, masks and ξ (seeded ``seed + 1``), the
+    step to start from (restored from the run's checkpoint when there is one) and the data feed
+    from that step on (``sources``: :func:`segros.train.data.as_sources`)."""
 
-    def __init__(self, config: TrainConfig, out, backbone, data: TrainData, objective):
-        self.config, self.out, self.data, self.objective = config, out, data, objective
+    def __init__(self, config: TrainConfig, out, backbone, sources, objective, num_workers: int = 0):
+        self.config, self.out, self.objective = config, out, objective
         self.schedule = micro_schedule(config)
         self.precision = resolve_precision(config.precision)
         freeze(backbone, config.frozen)
         # §8.1's frozen text embeddings (config.text_embeddings): before the optimizer sees the table
         # and before a checkpoint is restored, so a resumed run snapshots the start weights too
         prepare_text_embeddings(backbone, config)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)  # T2I and I2T use different parts
         self.accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available(),
-                                       gradient_accumulation_steps=len(self.schedule))
+                                       gradient_accumulation_steps=len(self.schedule), kwargs_handlers=[ddp])
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
         optimizer = make_optimizer(backbone, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
-        self.model, self.optimizer = self.accelerator.prepare(backbone, optimizer)
-        self.net = self.accelerator.unwrap_model(self.model)
+        self.model, self.optimizer = self.accelerator.prepare(Call(backbone), optimizer)
+        self.net = self.accelerator.unwrap_model(self.model).net
         self.scaler = torch.amp.GradScaler(self.accelerator.device.type, enabled=self.precision == "fp16")
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.generators = {"segros": self.generator}
-        self.start = self.resume()
+        self.start, data_state = self.resume()
+        self.feed = Feed(self.net, sources, config, self.start, num_workers=num_workers, rank=self.rank,
+                         world_size=self.world_size, pin_memory=self.accelerator.device.type == "cuda")
+        self.feed.load_state_dict(data_state)
 
-    def resume(self) -> int:
-        """The step to start from: the checkpoint's (metrics after it are dropped), else 0."""
+    def resume(self):
+        """(the step to start from, the feed's counts): the checkpoint's (metrics after it are dropped), else 0."""
         if not store.has_checkpoint(self.out):
-            store.clear_metrics(self.out)
-            return 0
+            if self.main:
+                store.clear_metrics(self.out)
+            self.accelerator.wait_for_everyone()
+            return 0, None
         extra = {}
         start = store.load_checkpoint(self.out, self.net, self.optimizer, self.scheduler, self.generators,
                                       self.scaler, extra=extra)
         if "grounding_text_table" in extra:  # the snapshot of the run's start, not of this model's
             self.net.grounding_text_table = extra["grounding_text_table"].to(self.accelerator.device)
-        store.truncate_metrics(self.out, start)
-        return start
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            store.truncate_metrics(self.out, start)
+        return start, extra.get("data")
 
     def micro_batch(self, source, k):
-        """The ``k``-th micro-batch of ``source`` ("t2i" or "i2t"), on the training device."""
-        make = make_t2i_batch if source == "t2i" else make_i2t_batch
-        return to_device(make(self.net, self.data, self.config, k), self.accelerator.device)
+        """The ``k``-th micro-batch of ``source`` ("t2i" or "i2t"), this process's rows, on the training device."""
+        return to_device(self.feed.batch(source, k), self.accelerator.device)
 
     def micro_loss(self, source, batch, losses):
         """The loss of one micro-batch: the objective on T2I, λ·L_I2T on I2T (Eq. 13)."""
         with autocast(self.precision, self.accelerator.device.type):
             if source == "t2i":
-                loss, logged = self.objective(self.net, batch, self.generator)
+                loss, logged = self.model(_t2i(self.objective, self.generator), batch)
                 losses["t2i"].append(logged)
                 return loss
-            l_i2t = self.net.i2t_loss(batch)
+            l_i2t = self.model(_i2t, batch)
         losses["i2t"].append(l_i2t.item())
         return self.config.lam * l_i2t
 
@@ -156,17 +199,24 @@ class Trainer:
         losses = {"t2i": [], "i2t": [], "total": []}
         counts = {"t2i": 0, "i2t": 0}
         per_step = {"t2i": self.config.grad_accum, "i2t": self.config.i2t_micro}
-        for source in self.schedule:
-            with self.accelerator.accumulate(self.model):
-                batch = self.micro_batch(source, step * per_step[source] + counts[source])
-                counts[source] += 1
-                loss = self.micro_loss(source, batch, losses)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite {source} loss at step {step}")
-                losses["total"].append(loss.item())
-                self.accelerator.backward(self.scaler.scale(loss))
-                if self.accelerator.sync_gradients:
-                    self.update()
+        with shard.use(self.rank, self.world_size):
+            for source in self.schedule:
+                with self.accelerator.accumulate(self.model):
+                    batch = self.micro_batch(source, step * per_step[source] + counts[source])
+                    counts[source] += 1
+                    loss = self.micro_loss(source, batch, losses)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite {source} loss at step {step}")
+                    losses["total"].append(loss.item())
+                    self.accelerator.backward(self.scaler.scale(loss))
+                    if self.accelerator.sync_gradients:
+                        self.update()
+            self.feed.end_step()
+            if self.world_size > 1:  # each process's loss is its share (segros.shard): their mean is the global loss
+                for key in ("t2i", "i2t", "total"):
+                    if losses[key]:
+                        mean = shard.all_sum(torch.tensor(losses[key], dtype=torch.float64)) / self.world_size
+                        losses[key] = mean.tolist()
         return losses
 
     def update(self):
@@ -185,32 +235,49 @@ class Trainer:
 
         row = {"step": done, "loss": float(np.mean(losses["total"])), "loss_t2i": mean(losses["t2i"]),
                "loss_i2t": mean(losses["i2t"]), "lr": self.scheduler.get_last_lr()[0],
-               "time": round(time.time() - t0, 3)}
-        store.append_metrics(self.out, row)
+               "time": round(time.time() - t0, 3), **self.feed.row()}
+        if self.main:
+            store.append_metrics(self.out, row)
         return row
 
-    def checkpoint(self, done: int):
+    def checkpoint_extra(self) -> dict:
+        """What a checkpoint keeps beside the weights: the data feed's counts and, when grounding reads
+        a snapshot of the text embeddings, that snapshot (a resumed run grounds as it started)."""
+        extra = {"data": self.feed.state_dict()}
         table = getattr(self.net, "grounding_text_table", None)
-        store.save_checkpoint(self.out, done, self.net, self.optimizer, self.scheduler, self.generators, self.scaler,
-                              extra=None if table is None else {"grounding_text_table": table})
+        if table is not None:
+            extra["grounding_text_table"] = table
+        return extra
+
+    def checkpoint(self, done: int):
+        if self.main:
+            store.save_checkpoint(self.out, done, self.net, self.optimizer, self.scheduler, self.generators,
+                                  self.scaler, extra=self.checkpoint_extra())
+        self.accelerator.wait_for_everyone()
 
 
 # -----------------------------------------------------------------------------
 # the recipe
 
 def train(config: TrainConfig, out, *, backbone=None, init=None, data=None, objective=None, hook=None,
-          progress=True, desc=None):
+          progress=True, desc=None, num_workers=0, split="finetune"):
     """Train ``config`` into run folder ``out`` (resuming from its checkpoint); return the backbone.
 
     ``backbone``: the model to train (default: built from ``config`` after seeding); ``init``: a
     weights file loaded into it first (the pipeline's resolved ``init_from``); ``data``: the
-    training pairs (default: the shapes world's fine-tuning split); ``objective``: the T2I
+    training sources (``TrainSources`` or in-memory ``TrainData``; default: the config's,
+    :func:`segros.data.sources.build_sources`, the shapes world's ``split`` for the tiny families),
+    read by ``num_workers`` DataLoader workers; ``objective``: the T2I
     micro-batch loss (default :func:`segros.train.steps.finetune_objective`); ``hook(step)`` is
     called after every optimizer step (tests use it to interrupt a run). Method "none" (the
     "w/o SFT" row) returns the set-up model untrained; a finished run (``out/model.safetensors``)
     is loaded and returned without training.
     """
-    store.prepare(out, config)
+    sources = None if config.method == "none" else as_sources(config, data, split)  # stops on bad settings now
+    state = PartialState(cpu=not torch.cuda.is_available())  # the Trainer's Accelerator shares this state
+    if state.is_main_process:
+        store.prepare(out, config)
+    state.wait_for_everyone()
     backbone = set_up(config, backbone, init)
     final = os.path.join(out, "model.safetensors")
     if config.method == "none":
@@ -218,12 +285,11 @@ def train(config: TrainConfig, out, *, backbone=None, init=None, data=None, obje
     if os.path.exists(final):
         store.load_weights(backbone, final)
         return backbone
-    trainer = Trainer(config, out, backbone, data if data is not None else shapes_data(config, "finetune"),
-                      objective or finetune_objective(config))
+    trainer = Trainer(config, out, backbone, sources, objective or finetune_objective(config), num_workers)
     trainer.net.train()
     t0 = time.time()
     bar = tqdm(range(trainer.start, config.max_steps), initial=trainer.start, total=config.max_steps,
-               desc=desc or f"finetune {config.method}", disable=not progress, file=sys.stderr)
+               desc=desc or f"finetune {config.method}", disable=not progress or not trainer.main, file=sys.stderr)
     for step in bar:
         losses = trainer.step(step)
         done = step + 1
@@ -234,7 +300,9 @@ def train(config: TrainConfig, out, *, backbone=None, init=None, data=None, obje
         if hook is not None:
             hook(done)
     bar.close()
-    store.save_weights(trainer.net, final)
+    if trainer.main:
+        store.save_weights(trainer.net, final)
+    trainer.accelerator.wait_for_everyone()
     return trainer.net
 
 
@@ -248,4 +316,4 @@ def pretrain(config: TrainConfig, out, *, backbone=None, data=None, progress=Tru
     if data is None:
         data = shapes_data(config, "pretrain")
     return train(config, out, backbone=backbone, data=data, objective=pretrain_objective(config), progress=progress,
-                 desc=f"pretrain {config.method}")
+                 desc=f"pretrain {config.method}", split="pretrain")

@@ -24,6 +24,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from segros import shard
 from segros.grounding import ground
 from segros.presets import GROUNDING_METHODS, TrainConfig
 from segros.supervision import (Supervision, build_supervision, perturb, random_supervision, resample_map,
@@ -120,7 +121,8 @@ def without_text(backbone, batch, generator=None):
     B = batch["pixels"].shape[0]
     recon = getattr(backbone, "tokenize_recon_prompts", None)
     if recon is not None and getattr(backbone, "recon_prompt_list", None):
-        text = recon(B, generator)
+        # drawn (and padded) for the global batch, this process's rows (segros.shard)
+        text = {k: shard.local_rows(v, B) for k, v in recon(shard.rows(B)[1], generator).items()}
     else:
         text = backbone.tokenize_prompts([""] * B)
     return {**batch, **to_device(text, batch["pixels"].device)}
