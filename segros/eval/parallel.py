@@ -82,14 +82,18 @@ def merge(parts: Sequence[dict] | None) -> dict | None:
 
 
 def current() -> Processes:
-    """This process's place: from ``torch.distributed`` when it is initialised; when a launcher set
-    ``WORLD_SIZE`` > 1 but nothing initialised the group yet, accelerate's ``PartialState`` does it
-    (gloo on CPUs, NCCL on GPUs); otherwise one process."""
+    """This process's place: from ``torch.distributed`` when its group is initialised; when a launcher
+    (``torchrun``, ``accelerate launch`` with several processes) set ``WORLD_SIZE`` > 1 but nothing
+    initialised the group yet, accelerate's ``PartialState`` initialises it from the launcher's
+    environment (gloo on CPUs, NCCL on GPUs) and the group says where this process is (on CPUs
+    accelerate 1.16's own state reports one process under ``torchrun`` while the group has them
+    all); otherwise one process."""
+    if not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        state = PartialState()
+        if not dist.is_initialized():
+            return Processes(state.process_index, state.num_processes)
     if dist.is_available() and dist.is_initialized():
         return Processes(dist.get_rank(), dist.get_world_size())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        state = PartialState()
-        return Processes(state.process_index, state.num_processes)
     return Processes()
 
 
