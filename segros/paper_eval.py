@@ -334,7 +334,7 @@ def preflight(table: str, preset: str, settings: EvalSettings, overrides: Mappin
 
 def build_evaluators(settings: EvalSettings, benchmarks: Sequence[str]) -> dict:
     """The evaluators of ``benchmarks``, built once (weights loaded) for every run of a table."""
-    device = settings.eval_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = eval_device(settings)
     out = {}
     if "geneval" in benchmarks:
         if settings.geneval_scorer == "official":
@@ -433,13 +433,21 @@ def columns(table: str, scores: Mapping[str, dict]) -> dict[str, float]:
     return out
 
 
-def open_model(run_dir: str):
-    """A run's model for scoring: its trained weights, or for "w/o SFT" (method ``none``, nothing
-    trained) the backbone as its config builds it (the official checkpoint at paper scale)."""
+def eval_device(settings: EvalSettings) -> str:
+    """``settings.eval_device``, or CUDA (this process's current GPU) when available, else the CPU."""
+    return settings.eval_device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def open_model(run_dir: str, device: str = "cpu"):
+    """``(model, config)`` of a run for scoring, on ``device`` in eval mode: its trained weights, or for
+    "w/o SFT" (method ``none``, nothing trained) the backbone as its config builds it (the official
+    checkpoint at paper scale)."""
     config = TrainConfig.from_dict(store.read_json(os.path.join(run_dir, "config.json"))["config"])
     if config.method == "none" and config.init_from in (None, ""):
-        return from_config(config).eval(), config
-    return pipeline.open_run(run_dir), config
+        model = from_config(config)
+    else:
+        model = pipeline.open_run(run_dir)
+    return model.to(device).eval(), config
 
 
 def score_runs(table: str, long: pd.DataFrame, settings: EvalSettings, plan: Plan,
@@ -449,7 +457,7 @@ def score_runs(table: str, long: pd.DataFrame, settings: EvalSettings, plan: Pla
     evaluators = build_evaluators(settings, plan.benchmarks)
     records = []
     for rec in long[["row", "seed", "run"]].to_dict("records"):
-        model, config = open_model(rec["run"])
+        model, config = open_model(rec["run"], eval_device(settings))
         scores = score_model(model, config, os.path.join(rec["run"], "benchmarks"), settings, plan.benchmarks,
                              evaluators, processes, progress)
         records.append({**rec, **columns(table, scores)})
@@ -481,5 +489,5 @@ def beside_paper(table: str, long: pd.DataFrame, backbone: str | None = None) ->
 
 
 __all__ = ["BENCHMARKS", "EvalSettings", "MissingForEvaluation", "PARAMETERS", "Plan", "TABLE_BENCHMARKS",
-           "beside_paper", "build_evaluators", "check_config", "columns", "is_paper_scale", "open_model",
+           "beside_paper", "build_evaluators", "check_config", "columns", "eval_device", "is_paper_scale", "open_model",
            "preflight", "score_model", "score_runs", "split_settings"]

@@ -196,3 +196,31 @@ def test_beside_paper():
     assert list(out.index) == ["0%", "30%"]
     assert out.loc["30%", "GenEval (ours)"] == 81.0 and out.loc["30%", "runs"] == 2
     assert out.loc["30%", "GenEval (paper)"] == paper.cell("table3", "30%", "GenEval")
+
+
+def test_score_runs_opens_each_run_and_builds_the_evaluators(files, tmp_path):
+    """A table's runs (run folders of the store) scored through the evaluators the settings name:
+    the tiny Mask2Former and CLIP folders for GenEval, a tiny BLIP VQA folder for DPG-Bench."""
+    import pandas as pd
+
+    from segros import store
+    from segros.backbones.registry import from_config
+    from test_dpg import tiny_blip
+
+    tmp, settings, overrides = files
+    tiny_blip(str(tmp / "blip"), yes_bias=5.0)
+    config = get_preset("small").replace(init_from=None)
+    run = tmp_path / "store" / "table3" / "run"
+    store.prepare(str(run), config)
+    store.save_weights(from_config(config), str(run / "model.safetensors"))
+    long = pd.DataFrame([{"row": "30%", "seed": 0, "run": str(run), "overall": 1.0}])
+    long.attrs["damaged"] = []
+    plan = paper_eval.Plan("table3", ("geneval", "dpg"))
+    out = paper_eval.score_runs("table3", long, settings, plan, Processes(), progress=False)
+    assert list(out.columns[:3]) == ["row", "seed", "run"] and out.attrs["damaged"] == []
+    assert set(out.columns) >= {"GenEval", "DPGBench", "overall"} and "Single" not in out.columns
+    saved = json.loads((run / "benchmarks" / "scores.json").read_text())
+    assert saved["geneval"]["scorer"] == "transformers" and str(tmp / "mask2former") in saved["geneval"]["detector"]
+    assert saved["dpg"]["vqa_model"].startswith("transformers BlipForQuestionAnswering")
+    assert out.loc[0, "DPGBench"] == saved["dpg"]["dpg"] and out.loc[0, "GenEval"] == saved["geneval"]["overall"]
+    assert len(os.listdir(run / "benchmarks" / "geneval")) >= len(prompts())
