@@ -20,6 +20,7 @@ from segros.presets import get_preset
 from test_dpg import ScriptedVQA, write_ella
 
 ROOT = Path(__file__).resolve().parents[1]
+N_PROMPTS = 2  # GenEval prompts in the test's metadata file (the tiny Mask2Former runs at mmdet's 1333x800 scale)
 NOTEBOOK_TABLE = {"ablation_eta": "table3", "ablation_text_filter": "table4", "ablation_hint_corrupt": "table5",
                   "ablation_drop_loss": "table6", "ablation_noise": "table8", "ablation_reca_hints": "table9",
                   "main_results": "table1", "understanding": "table2"}
@@ -84,7 +85,7 @@ def files(tmp_path):
     """Benchmark files, evaluator weights, a checkpoint and data, all local."""
     (tmp_path / "geneval" / "prompts").mkdir(parents=True)
     with open(tmp_path / "geneval" / "prompts" / "evaluation_metadata.jsonl", "w") as f:
-        for row in prompts():
+        for row in prompts()[:N_PROMPTS]:
             f.write(json.dumps(row) + "\n")
     tiny_mask2former(favour="apple").save_pretrained(tmp_path / "mask2former")
     save_tiny_clip(str(tmp_path / "clip"))
@@ -109,7 +110,7 @@ def test_preflight_passes_when_everything_is_there(files):
     tmp, settings, overrides = files
     plan = preflight("table3", "paper-harmon-0.5b", settings, overrides)
     assert plan.benchmarks == ("geneval", "dpg")
-    assert any("7 prompts" in n and "553" in n for n in plan.notes)
+    assert any(f"{N_PROMPTS} prompts" in n and "553" in n for n in plan.notes)
     # one missing piece at a time is named
     os.remove(tmp / "ELLA" / "dpg_bench" / "dpg_bench.csv")
     os.remove(tmp / "ckpt" / "kl16.ckpt")
@@ -159,7 +160,7 @@ class CountingBackbone(FakeBackbone):
 
 def test_score_model_end_to_end_and_reuse(files):
     tmp, settings, overrides = files
-    scorer = TransformersScorer(Mask2FormerDetector(tiny_mask2former(favour="apple"), device="cpu"),
+    scorer = TransformersScorer(Mask2FormerDetector(tiny_mask2former(favour="apple"), device="cpu", scale=(96, 64)),
                                 TransformersClipColors.from_pretrained(str(tmp / "clip"), device="cpu"))
     evaluators = {"geneval": scorer, "dpg": (load_benchmark(str(tmp / "ELLA")), ScriptedVQA())}
     backbone = CountingBackbone(seed=0)
@@ -167,9 +168,9 @@ def test_score_model_end_to_end_and_reuse(files):
     out = tmp / "run" / "benchmarks"
     scores = paper_eval.score_model(backbone, config, str(out), settings, ("geneval", "dpg"), evaluators,
                                     Processes(), progress=False)
-    assert CountingBackbone.calls == len(prompts()) + 3  # one call per GenEval prompt (4 images), one per DPG item (3)
-    assert scores["geneval"]["label"] == f"complete: {4 * len(prompts())} images of {len(prompts())} prompts"
-    assert scores["geneval"]["n_images"] == 28 and scores["dpg"]["complete"] and scores["dpg"]["vqa_model"] == "scripted"
+    assert CountingBackbone.calls == N_PROMPTS + 3  # one call per GenEval prompt (4 images), one per DPG item (3)
+    assert scores["geneval"]["label"] == f"complete: {4 * N_PROMPTS} images of {N_PROMPTS} prompts"
+    assert scores["geneval"]["n_images"] == 4 * N_PROMPTS and scores["dpg"]["complete"] and scores["dpg"]["vqa_model"] == "scripted"
     cols = paper_eval.columns("table3", scores)
     assert set(cols) >= {"GenEval", "DPGBench", "overall"} and all(0 <= v <= 100 for v in cols.values())
     assert "DPG" in paper_eval.columns("table9", scores)
@@ -178,7 +179,7 @@ def test_score_model_end_to_end_and_reuse(files):
     # scored again with the same settings: reused, nothing generated
     again = paper_eval.score_model(backbone, config, str(out), settings, ("geneval", "dpg"), evaluators, Processes(),
                                    progress=False)
-    assert again == scores and CountingBackbone.calls == len(prompts()) + 3
+    assert again == scores and CountingBackbone.calls == N_PROMPTS + 3
     # another DPG judge: DPG is scored again, GenEval reused
     other = EvalSettings(**{**settings.__dict__, "dpg_vqa_model": str(tmp / "clip")})
     paper_eval.score_model(backbone, config, str(out), other, ("geneval", "dpg"), evaluators, Processes(),
@@ -223,4 +224,4 @@ def test_score_runs_opens_each_run_and_builds_the_evaluators(files, tmp_path):
     assert saved["geneval"]["scorer"] == "transformers" and str(tmp / "mask2former") in saved["geneval"]["detector"]
     assert saved["dpg"]["vqa_model"].startswith("transformers BlipForQuestionAnswering")
     assert out.loc[0, "DPGBench"] == saved["dpg"]["dpg"] and out.loc[0, "GenEval"] == saved["geneval"]["overall"]
-    assert len(os.listdir(run / "benchmarks" / "geneval")) >= len(prompts())
+    assert len(os.listdir(run / "benchmarks" / "geneval")) >= N_PROMPTS
