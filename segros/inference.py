@@ -24,6 +24,11 @@ chunks of ``batch_size`` with the seed fixed per chunk (``generate(chunk, seed)`
 on its prompt, its seed and its chunk position only through the family's sampler; answers are
 compared after lower-casing and stripping; inference runs in the precision training used
 (:func:`segros.presets.autocast`).
+
+Several processes (``accelerate launch``; :mod:`segros.eval.parallel`): the generation chunks and the
+question batches are dealt round robin, each process runs its share, the main process gathers the
+images and answers, writes the layout, scores it and hands the scores to every process. The chunks
+are those of one process, so the results equal the one-process results.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from tqdm.auto import tqdm
 from segros.backbones.registry import check_backbone
 from segros.data.shapes import ShapesWorld
 from segros.eval.geneval import sample_name, score_layout, write_layout
+from segros.eval.parallel import Processes, current, merge
 from segros.eval.shapes_detector import detect
 from segros.presets import autocast
 from segros.vocab import TAGS
@@ -55,28 +61,45 @@ def as_uint8(image):
 
 
 @torch.no_grad()
-def generate_images(backbone, prompts, seeds, batch_size=16, progress=True):
-    """images[p][s]: the image of prompt p with seed seeds[s]."""
-    out = [[None] * len(seeds) for _ in prompts]
+def generate_images(backbone, prompts, seeds, batch_size=16, progress=True, processes=None):
+    """images[p][s]: the image of prompt p with seed seeds[s].
+
+    With several ``processes`` each generates its share of the chunks; the main process gets every
+    image, the others None."""
+    processes = processes or Processes()
     chunks = [(s, i) for s in range(len(seeds)) for i in range(0, len(prompts), batch_size)]
-    for s, i in tqdm(chunks, desc="generate", disable=not progress, file=sys.stderr):
+    mine = {}
+    for s, i in tqdm(processes.deal(chunks), desc="generate", disable=not progress, file=sys.stderr):
         images = backbone.generate(list(prompts[i:i + batch_size]), seed=int(seeds[s]))
         for j, im in enumerate(images):
-            out[i + j][s] = as_uint8(im)
+            mine[(i + j, s)] = as_uint8(im)
+    gathered = merge(processes.gather(mine))
+    if gathered is None:
+        return None
+    out = [[None] * len(seeds) for _ in prompts]
+    for (p, s), im in gathered.items():
+        out[p][s] = im
     return out
 
 
-def geneval_scores(backbone, metadata, out_dir, seeds, detector, batch_size=16, progress=True, images=None):
+def geneval_scores(backbone, metadata, out_dir, seeds, detector, batch_size=16, progress=True, processes=None,
+                   images=None):
     """Write the GenEval layout under ``out_dir`` and score it; returns {tag: %, "overall": %, "n_images"}.
-    ``images`` (images[p][s], as :func:`generate_images` returns) skips the generation."""
+    ``images`` (images[p][s], as :func:`generate_images` returns on the main process) skips the generation.
+
+    With several ``processes`` the generation is shared, the main process writes and scores, and
+    every process returns the main process's scores."""
+    processes = processes or Processes()
     if images is None:
-        images = generate_images(backbone, [m["prompt"] for m in metadata], seeds, batch_size, progress)
-    write_layout(out_dir, metadata, images)
-    summary = score_layout(out_dir, detector, expected_n=len(metadata))
-    scores = {tag: 100.0 * summary["tags"][tag] for tag in TAGS if tag in summary["tags"]}
-    scores["overall"] = 100.0 * summary["overall"]
-    scores["n_images"] = summary["n_images"]
-    return scores
+        images = generate_images(backbone, [m["prompt"] for m in metadata], seeds, batch_size, progress, processes)
+    scores = None
+    if processes.is_main:
+        write_layout(out_dir, metadata, images)
+        summary = score_layout(out_dir, detector, expected_n=len(metadata))
+        scores = {tag: 100.0 * summary["tags"][tag] for tag in TAGS if tag in summary["tags"]}
+        scores["overall"] = 100.0 * summary["overall"]
+        scores["n_images"] = summary["n_images"]
+    return processes.broadcast(scores)
 
 
 # -----------------------------------------------------------------------------
@@ -163,21 +186,33 @@ def read_samples(run_dir):
 
 
 @torch.no_grad()
-def qa_scores(backbone, qa, batch_size=32, progress=True):
-    """Exact-match accuracy (%) of ``backbone.answer`` per kind and overall."""
-    correct = {}
-    for i in tqdm(range(0, len(qa), batch_size), desc="answer", disable=not progress, file=sys.stderr):
+def qa_scores(backbone, qa, batch_size=32, progress=True, processes=None):
+    """Exact-match accuracy (%) of ``backbone.answer`` per kind and overall (batches shared among ``processes``)."""
+    processes = processes or Processes()
+    mine = {}
+    starts = processes.deal(range(0, len(qa), batch_size))
+    for i in tqdm(starts, desc="answer", disable=not progress, file=sys.stderr):
         rows = qa[i:i + batch_size]
         answers = backbone.answer([r["image"] for r in rows], [r["question"] for r in rows])
-        for r, a in zip(rows, answers):
-            correct.setdefault(r["kind"], []).append(a.strip().lower() == r["answer"].strip().lower())
-    out = {kind: 100.0 * float(np.mean(v)) for kind, v in sorted(correct.items())}
-    out["overall"] = 100.0 * float(np.mean([x for v in correct.values() for x in v])) if correct else float("nan")
-    return out
+        for k, (r, a) in enumerate(zip(rows, answers)):
+            mine[i + k] = (r["kind"], a.strip().lower() == r["answer"].strip().lower())
+    gathered = merge(processes.gather(mine))
+    out = None
+    if gathered is not None:
+        correct = {}
+        for i in sorted(gathered):
+            kind, ok = gathered[i]
+            correct.setdefault(kind, []).append(ok)
+        out = {kind: 100.0 * float(np.mean(v)) for kind, v in sorted(correct.items())}
+        out["overall"] = 100.0 * float(np.mean([x for v in correct.values() for x in v])) if correct else float("nan")
+    return processes.broadcast(out)
 
 
-def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=True):
-    """GenEval-rule scores (six tags + overall) and QA accuracy of ``backbone``; see the module docstring."""
+def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=True, processes=None):
+    """GenEval-rule scores (six tags + overall) and QA accuracy of ``backbone``; see the module docstring.
+
+    ``processes``: this process's place (default :func:`segros.eval.parallel.current`); every
+    process returns the same results, and only the main process writes files."""
     check_backbone(backbone, config, training=False)
     if world is None:
         world = ShapesWorld(image_size=config.image_size, seed=config.world_seed)
@@ -187,7 +222,7 @@ def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=T
     backbone.eval()
     try:
         with eval_autocast(backbone, config):
-            return _evaluate(backbone, config, run_dir, world, detector, progress)
+            return _evaluate(backbone, config, run_dir, world, detector, progress, processes or current())
     finally:
         backbone.train(was_training)
 
@@ -201,17 +236,18 @@ def eval_autocast(backbone, config):
     return autocast(config.precision, param.device.type)
 
 
-def _evaluate(backbone, config, run_dir, world, detector, progress):
+def _evaluate(backbone, config, run_dir, world, detector, progress, processes):
     results = {}
     if config.eval_prompts > 0:
         metadata = world.geneval_metadata(n_total=config.eval_prompts, seed=config.world_seed)
         layout = os.path.join(run_dir, "geneval")
         images = generate_images(backbone, [m["prompt"] for m in metadata], config.eval_seeds, config.batch_size,
-                                 progress)
+                                 progress, processes)
         results["geneval"] = geneval_scores(backbone, metadata, layout, config.eval_seeds, detector,
-                                            config.batch_size, progress, images=images)
-        write_samples(run_dir, world, metadata, images, config.eval_seeds, layout)
+                                            config.batch_size, progress, processes, images=images)
+        if processes.is_main:
+            write_samples(run_dir, world, metadata, images, config.eval_seeds, layout)
     if config.eval_qa > 0:
         qa = world.qa(world.split("eval", config.eval_qa))[:config.eval_qa]
-        results["qa"] = qa_scores(backbone, qa, progress=progress)
+        results["qa"] = qa_scores(backbone, qa, progress=progress, processes=processes)
     return results

@@ -27,7 +27,7 @@ import pandas as pd
 import papermill
 from IPython.display import Image
 
-from segros import inference, tables, viz
+from segros import inference, paper_eval, tables, viz
 from segros.presets import get_preset
 from segros.vocab import TAGS
 
@@ -103,7 +103,8 @@ class TableNotebook:
     rows), :meth:`reproduce`, :meth:`table`, :meth:`check`, :meth:`plot`."""
 
     def __init__(self, table: str, preset: str = "small", values: Any = None, seeds: Sequence[int] = (0, 1, 2),
-                 runs_dir: str = "runs", figures_dir: str = "figures", run_missing: bool = True):
+                 runs_dir: str = "runs", figures_dir: str = "figures", run_missing: bool = True,
+                 overrides: Mapping[str, Any] | None = None, settings: paper_eval.EvalSettings | None = None):
         get_preset(preset)  # raises on an unknown preset
         # a swept value beyond the paper's rows (-p eta 0.7) becomes a row of its own, in order;
         # an invalid one (-p eta 1.5) stops here with the config's message
@@ -114,25 +115,37 @@ class TableNotebook:
         self.seeds = check_seeds(seeds)
         self.runs_dir, self.figures_dir = project_path(runs_dir), project_path(figures_dir)
         self.run_missing = run_missing
+        self.overrides = dict(overrides or {})
+        self.settings = settings or paper_eval.EvalSettings()
+        # paper scale: every file, weight and evaluator is checked here, before any training
+        self.plan = paper_eval.preflight(table, preset, self.settings, self.overrides,
+                                         methods=[r.overrides.get("method", "segros") for r in self.selected])
         self.long: pd.DataFrame | None = None
 
     @classmethod
     def from_parameters(cls, table: str, namespace: Mapping[str, Any]) -> "TableNotebook":
         """Check the notebook's parameters (:func:`check_parameters`), then build; the table's swept
-        parameter (``eta``, ``text_filter``, ...) selects the rows. Prints the title and the rows."""
-        params = check_parameters(namespace)
+        parameter (``eta``, ``text_filter``, ...) selects the rows; the evaluation parameters
+        (:class:`segros.paper_eval.EvalSettings`) are checked by :func:`segros.paper_eval.preflight` at
+        paper scale. Prints the title and the rows (and, at paper scale, the benchmarks scored)."""
+        settings, params = paper_eval.split_settings(check_parameters(namespace))
         sweep = tables.get_table(table).sweep
         values = params.pop(sweep) if sweep else None
         display_options()
-        nb = cls(table, values=values, **params)
+        nb = cls(table, values=values, settings=settings, **params)
         print(nb.spec.title)
         print("rows selected:", [r.label for r in nb.selected])
+        if nb.plan is not None:
+            print(nb.plan.describe())
         return nb
 
     def reproduce(self) -> pd.DataFrame:
-        """Train the selected rows the store lacks (``run_missing``); every run the store holds."""
+        """Train the selected rows the store lacks (``run_missing``); every run the store holds. At paper
+        scale each run is then scored on the table's benchmarks (:func:`segros.paper_eval.score_runs`)."""
         self.long = tables.reproduce(self.spec, preset=self.preset, seeds=self.seeds, runs_dir=self.runs_dir,
-                                     values=self.values, run_missing=self.run_missing)
+                                     values=self.values, run_missing=self.run_missing, **self.overrides)
+        if self.plan is not None:
+            self.long = paper_eval.score_runs(self.spec.name, self.long, self.settings, self.plan)
         print(f"{len(self.long)} runs in the store for this table")
         return self.long
 
@@ -142,7 +155,11 @@ class TableNotebook:
         note = tables.damage_note(self.long)
         if note:
             print(note)
-        result = tables.paper_vs_small(self.spec, self.long)
+        if self.plan is not None:
+            result = paper_eval.beside_paper(self.spec.name, self.long)
+            viz.write_table(result, f"{self.figures_dir}/{self.spec.name}_paper_scale")
+            return result
+        result = tables.paper_vs_small(self.spec.name, self.long)
         viz.write_table(result, f"{self.figures_dir}/{self.spec.name}")
         return result
 
@@ -152,16 +169,29 @@ class TableNotebook:
         assert set(long["row"]) <= set(labels), "unexpected rows"
         selected = {r.label for r in self.selected}
         assert selected <= set(long["row"]) or not self.run_missing, "a selected row is missing"
+        if self.plan is not None:  # paper scale: every benchmark column is a percentage
+            scored = [c for c in long.columns if c not in ("row", "seed", "run")]
+            assert scored, "no benchmark column"
+            for col in scored:
+                assert np.isfinite(long[col]).all() and long[col].between(0, 100).all(), col
+            print("checks passed:", sorted(set(long["row"]), key=labels.index))
+            return
         assert np.isfinite(long["overall"]).all() and long["overall"].between(0, 100).all()
         for tag in TAGS:
             assert long[tag].between(0, 100).all(), tag
         print("checks passed:", sorted(set(long["row"]), key=labels.index))
 
-    def plot(self) -> Image:
-        """The paper's column beside the small-scale runs (:func:`segros.viz.plot_beside_paper`), saved;
-        a row beyond the paper's has no paper point."""
+    def plot(self) -> Image | None:
+        """The paper's column beside the small-scale runs (:func:`segros.viz.plot_beside_paper`), saved
+        (at paper scale: GenEval as scored, when scored); a row beyond the paper's has no paper point."""
         order = [r.label for r in self.spec.rows if r.label in set(self.long["row"])]
         paper = tables.paper_frame(self.spec.name)["GenEval"].reindex(order)
+        if self.plan is not None:
+            if "overall" not in self.long:
+                return None
+            fig = viz.plot_beside_paper(self.long, order, paper.values, self.spec.title,
+                                        ylabel=f"GenEval overall ({self.settings.geneval_scorer} scorer)")
+            return Image(filename=str(viz.save_figure(fig, f"{self.figures_dir}/{self.spec.name}_paper_scale")[0]))
         fig = viz.plot_beside_paper(self.long, order, paper.values, self.spec.title)
         return Image(filename=str(viz.save_figure(fig, f"{self.figures_dir}/{self.spec.name}")[0]))
 

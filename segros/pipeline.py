@@ -23,6 +23,7 @@ import tempfile
 
 from segros import inference, store
 from segros.backbones.registry import from_config
+from segros.eval.parallel import current
 from segros.presets import TrainConfig
 from segros.rng import isolated
 from segros.train import as_sources, pretrain, set_up, train
@@ -86,13 +87,21 @@ def train_run(config: TrainConfig, out, runs_dir="runs", *, backbone=None, data=
                  num_workers=num_workers)
 
 
-def evaluate_run(model, config: TrainConfig, run_dir, *, world=None, detector=None, progress=True) -> dict:
-    """Evaluate ``model`` (:func:`segros.inference.evaluate`) and write ``run_dir/results.json``."""
-    results = inference.evaluate(model, config, run_dir, world=world, detector=detector, progress=progress)
+def evaluate_run(model, config: TrainConfig, run_dir, *, world=None, detector=None, progress=True,
+                 processes=None) -> dict:
+    """Evaluate ``model`` (:func:`segros.inference.evaluate`) and write ``run_dir/results.json``.
+
+    Under several processes the evaluation is shared (:mod:`segros.eval.parallel`) and only the main
+    process writes; every process returns the same results."""
+    processes = processes or current()
+    results = inference.evaluate(model, config, run_dir, world=world, detector=detector, progress=progress,
+                                 processes=processes)
     results = {"name": os.path.basename(os.path.normpath(run_dir)),
                "table": os.path.basename(os.path.dirname(os.path.normpath(run_dir))),
                "hash": store.config_hash(config), **results}
-    store.write_results(run_dir, results)
+    if processes.is_main:
+        store.write_results(run_dir, results)
+    processes.barrier()
     return results
 
 

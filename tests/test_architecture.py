@@ -26,7 +26,7 @@ LAYERS = {
     "segros.backbones": 5,
     "segros.store": 6,
     "segros.train": 7, "segros.inference": 7,
-    "segros.pipeline": 8,
+    "segros.pipeline": 8, "segros.paper_eval": 8.5,
     "segros.stats": 9, "segros.tables": 9.5,
     "segros.viz": 10, "segros.notebooks": 10.5, "segros.train.__main__": 10.5, "segros.lmms_model": 10.5,
 }

@@ -521,18 +521,30 @@ def score_layout(layout_dir: str, bench: DPGBench, vqa: VQAModel, *, items: Iter
     ids = list(bench.items) if items is None else list(items)
     records, missing = score_items(layout_dir, bench, vqa, items=ids, pic_num=pic_num, resolution=resolution,
                                    allow_missing=allow_missing, progress=progress)
+    return write_results(records, missing, bench, layout_dir, vqa.name, items=ids, pic_num=pic_num,
+                         resolution=resolution, category_crops=category_crops, results_path=results_path)
+
+
+def write_results(records: Sequence[dict], missing: Sequence[dict], bench: DPGBench, layout_dir: str, vqa_name: str,
+                  *, items: Sequence[str], pic_num: int = PIC_NUM, resolution: int | None = None,
+                  category_crops: str = "last", results_path: str | None = None) -> dict:
+    """Summarise item records (of one process, or gathered from several and concatenated in any order:
+    they are put back in ``items``' order) and write the results file of :func:`score_layout`."""
+    order = {k: n for n, k in enumerate(items)}
+    records = sorted(records, key=lambda r: order[r["item_id"]])
+    missing = sorted(missing, key=lambda m: order[m["item_id"]])
     summary = summarize(records, bench, category_crops=category_crops)
     results = {
         "benchmark": "DPG-Bench",
-        "vqa_model": vqa.name,
+        "vqa_model": vqa_name,
         "dpg": summary["dpg"],
         "l1": summary["l1"],
         "l2": summary["l2"],
-        "n_items": len(ids),
+        "n_items": len(items),
         "n_scored": summary["n_scored"],
         "complete": not missing,
         "failed": summary["failed"],
-        "missing": missing,
+        "missing": list(missing),
         "settings": {"csv": bench.csv_path, "skip_first_row": bench.skip_first_row, "pic_num": pic_num,
                      "resolution": resolution, "category_crops": category_crops, "layout": os.path.abspath(layout_dir)},
         "notes": list(bench.notes),

@@ -408,6 +408,7 @@ class TransformersScorer(GenEvalScorer):
     """
 
     name = "transformers"
+    shares_work = True  # images are scored one by one: several processes may each score a share
 
     def __init__(self, detector, colors):
         self.detector, self.colors = detector, colors

@@ -74,6 +74,7 @@ class GenEvalScorer:
     """Base class: subclasses set ``name`` and implement :meth:`score_entries` and :meth:`labels`."""
 
     name = "base"
+    shares_work = False  # True: score_entries may run on disjoint shares in several processes
 
     def labels(self):
         """What produced the results: at least ``{"scorer": name, "detector": ..., "color_model": ...}``."""
