@@ -177,6 +177,11 @@ def build(fam: Family, device="cpu", dtype=torch.float32, method: str = "segros"
         tok = make("tiny").tokenizer
     kwargs = {} if fam.size == "tiny" else {"attn_implementation": "sdpa"}
     kwargs.update(method_defaults(method, f"{fam.family}-{fam.size}"))
+    if fam.family in ("harmon", "showo"):
+        # the micro-step without caption dropout (nine rows in ten): a dropped row on a hinted path
+        # goes through the LLM in a second, hint-free sub-batch (segros.train.steps.hinted_loss),
+        # which would make the counted sequences depend on the draw
+        kwargs["cond_dropout_prob"] = 0.0
     with torch.device(device):
         model = make(fam.size, tokenizer=tok, **kwargs)
     model = model.to(dtype)

@@ -241,3 +241,56 @@ def test_hashes_change_for_hinted_runs_only():
     # the committed SFT run keeps its hash
     stored = store.read_json(os.path.join(os.path.dirname(__file__), "..", "runs", "table1", "sft", "config.json"))
     assert stored["hash"] == store.config_hash(small.replace(method="sft"))
+
+
+# -----------------------------------------------------------------------------
+# the real adapters at tiny size: dropout, snapshot and stopwords on their own tokenizers
+
+def _real(family):
+    from segros.backbones.harmon import build_harmon
+    from segros.backbones.openuni import build_openuni
+    from segros.backbones.showo import build_showo
+    from segros.data.tokenizer import tiny_tokenizer
+
+    torch.manual_seed(0)
+    if family == "harmon":
+        return build_harmon("tiny", tokenizer=tiny_tokenizer(), cond_dropout_prob=0.5)
+    if family == "showo":
+        return build_showo("tiny", cond_dropout_prob=0.5)
+    return build_openuni("tiny")
+
+
+@pytest.mark.parametrize("family", ["harmon", "showo", "openuni"])
+def test_real_adapters_hinted_step(family, monkeypatch):
+    """A SeGroS step in training mode on each real adapter: rows drawn for dropout reach ``t2i_loss``
+    with the unconditional prompt and without hints (OpenUni's adapter has no dropout rate and
+    drops nothing); grounding reads the snapshot and the caption's content words."""
+    m = _real(family).train()
+    batch = m.tokenize_prompts(["a red circle", "two blue squares left of a green cross", "a star", "a cross"])
+    batch["pixels"] = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    calls, loss = [], m.t2i_loss
+
+    def spy(b, sup, hints, **kw):
+        calls.append((b, hints))
+        return loss(b, sup, hints, **kw)
+
+    monkeypatch.setattr(m, "t2i_loss", spy)
+    cfg = TrainConfig(method="segros", backbone=family)
+    for seed in range(8):  # p = 0.5 over 4 rows: some seed drops some rows and keeps others
+        calls.clear()
+        out, _, _ = t2i_step(m, batch, cfg, torch.Generator().manual_seed(seed))
+        assert torch.isfinite(out)
+        if len(calls) == 2:
+            break
+    if family == "openuni":
+        assert len(calls) == 1 and calls[0][1] is not None
+    else:
+        (bd, hd), (bk, hk) = calls
+        assert hd is None and hk is not None and 0 < bd["input_ids"].shape[0] < 4
+        assert bd["input_ids"].shape[0] + hk.shape[0] == 4
+        empty = m.tokenize_prompts([""] * bd["input_ids"].shape[0])
+        assert torch.equal(bd["input_ids"].cpu(), empty["input_ids"])
+    assert torch.equal(m.grounding_text_table, text_embedding_module(m).weight)
+    words = grounding_valid(m, batch, cfg)
+    assert (batch["text_valid"].bool() & ~words).any() and words.any()
+
