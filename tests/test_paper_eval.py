@@ -199,6 +199,7 @@ def test_beside_paper():
     assert out.loc["30%", "GenEval (paper)"] == paper.cell("table3", "30%", "GenEval")
 
 
+@pytest.mark.slow  # about 5 min on 2 shared cores: the tiny Mask2Former at mmdet's 1333x800 input scale
 def test_score_runs_opens_each_run_and_builds_the_evaluators(files, tmp_path):
     """A table's runs (run folders of the store) scored through the evaluators the settings name:
     the tiny Mask2Former and CLIP folders for GenEval, a tiny BLIP VQA folder for DPG-Bench."""
