@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segros.backbones.registry import check_backbone
-from segros.data.shapes import ShapesWorld
+from segros.data.shapes import make_world
 from segros.eval.geneval import score_layout, write_layout
 from segros.eval.shapes_detector import detect
 from segros.presets import autocast
@@ -84,7 +84,7 @@ def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=T
     """GenEval-rule scores (six tags + overall) and QA accuracy of ``backbone``; see the module docstring."""
     check_backbone(backbone, config, training=False)
     if world is None:
-        world = ShapesWorld(image_size=config.image_size, seed=config.world_seed)
+        world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
     if detector is None:
         detector = detect
     was_training = backbone.training

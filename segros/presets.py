@@ -43,6 +43,7 @@ LOSS_ON = ("masked", "top_masked")                 # Table 6: every masked token
 SCHEDULES = ("uniform", "truncnorm", "cosine")     # masking-ratio schedules (segros.supervision.sample_gamma)
 GAMMA_PER = ("batch", "sample")                    # one γ per batch (MAR) or per sample
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+WORLDS = ("v1", "v3")                              # segros.data.shapes.WORLDS
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class TrainConfig:
     pretrain_steps: int = 1500
     pretrain_lr: float = 2e-3
     # data (shapes world)
+    world: str = "v1"                # "v1": the committed store's world; "v3": segros.data.shapes.GridWorld
     world_seed: int = 0
     image_size: int = 64
     n_train: int = 512
@@ -144,7 +146,7 @@ class TrainConfig:
 
 # Fields added after runs were stored: left out of to_dict() (hence out of the config hash and of
 # config.json) while at these defaults, so every stored run keeps its hash and its name.
-HASH_NEUTRAL = {"t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
+HASH_NEUTRAL = {"world": "v1", "t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
                 "max_skip_frac": 0.01}
 
 
@@ -225,6 +227,7 @@ def validate(c: TrainConfig):
     _check_choice("seen_from", c.seen_from, SEEN_FROM)
     _check_choice("loss_on", c.loss_on, LOSS_ON)
     _check_choice("precision", c.precision, PRECISIONS)
+    _check_choice("world", c.world, WORLDS)
     if c.mask_schedule is not None:
         _check_choice("mask_schedule", c.mask_schedule, SCHEDULES)
     if c.gamma_per is not None:
@@ -317,6 +320,14 @@ PRESETS = {
     # training it through I2T would let every patch carry the whole image (no grounding left)
     "small-showo": dataclasses.replace(SMALL, backbone="tiny-showo", frozen=("hint_encoder",)),
 }
+# world v3 (docs/calibration.md): one object per 16 px cell, alt-text pretraining captions, dense
+# fine-tuning captions; the layout/colour codecs; GenEval's 553 prompts × 2 image seeds per run.
+# Behind a switch: the committed store is world v1, and these presets are being calibrated.
+V3_COMMON = dict(world="v3", eval_prompts=553, eval_seeds=(0, 1))
+PRESETS["small-v3"] = dataclasses.replace(
+    SMALL, backbone_kwargs={"patch": 16, "codec": "layout_color", "latent_channels": 19}, **V3_COMMON)
+PRESETS["small-showo-v3"] = dataclasses.replace(
+    PRESETS["small-showo"], backbone_kwargs={"patch": 16, "codec": "layout_color", "num_codes": 80}, **V3_COMMON)
 for _key in PAPER_KEYS:
     PRESETS[f"paper-{_key}"] = dataclasses.replace(SMALL, **{**PAPER_COMMON, **paper_overrides(_key)})
 

@@ -44,7 +44,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segros.backbones.base import VisualTokens
 from segros.backbones.tiny_common import TinyBackbone, TinyConfig, check_batch
-from segros.data.image_tokenizer import PatchPCAAutoencoder
+from segros.data.image_tokenizer import LayoutColorLatents, PatchPCAAutoencoder
 from segros.objectives import DiffusionSchedule, diffusion_mse
 
 
@@ -59,6 +59,8 @@ class TinyHarmonConfig(TinyConfig):
     diff_depth: int = 2
     diff_num_samples: int = 4
     diff_train_steps: int = 1000
+    codec: str = "pca"           # "pca" (PatchPCAAutoencoder) | "layout_color" (LayoutColorLatents, world v3;
+                                 # latent_channels must then be 4·4 + 3 = 19)
 
 
 def transformer(dim: int, depth: int) -> nn.TransformerEncoder:
@@ -175,7 +177,12 @@ class TinyHarmon(TinyBackbone):
     def __init__(self, config: TinyHarmonConfig, tokenizer, autoencoder: PatchPCAAutoencoder | None = None):
         super().__init__(config, tokenizer)
         torch.manual_seed(config.seed)
-        self.autoencoder = autoencoder or PatchPCAAutoencoder(config.latent_channels, config.patch, config.image_size)
+        if config.codec not in ("pca", "layout_color"):
+            raise ValueError(f"codec must be 'pca' or 'layout_color', got {config.codec!r}")
+        if autoencoder is None:
+            autoencoder = (PatchPCAAutoencoder(config.latent_channels, config.patch, config.image_size) if config.codec == "pca"
+                           else LayoutColorLatents(patch=config.patch, image_size=config.image_size))
+        self.autoencoder = autoencoder
         if self.autoencoder.channels != config.latent_channels:
             raise ValueError(f"autoencoder has {self.autoencoder.channels} channels, config.latent_channels={config.latent_channels}")
         g = config.image_size // config.patch

@@ -423,9 +423,9 @@ def open_llava(json_path: str, image_root: str, turns: str = "all", cache_dir: O
 
 def shapes_sources(config: TrainConfig, split: str = "finetune") -> tuple[ListSource, ListSource]:
     """The shapes world's T2I captions and I2T question-answer view: exactly ``segros.train.shapes_data``."""
-    from segros.data.shapes import ShapesWorld
+    from segros.data.shapes import make_world
 
-    world = ShapesWorld(image_size=config.image_size, seed=config.world_seed)
+    world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
     scenes = world.split(split, config.n_train)
     t2i = [(s.image, s.caption) for s in scenes]
     i2t = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from segros.data.shapes import ShapesWorld
+from segros.data.shapes import make_world
 from segros.presets import TrainConfig
 
 I2T_SEED_OFFSET = 7919  # the I2T stream's permutations are seeded apart from the T2I stream's
@@ -28,7 +28,7 @@ class TrainData:
 
 def shapes_data(config: TrainConfig, split="finetune") -> TrainData:
     """The shapes world's ``split`` (captions for T2I, the question-answer view for I2T)."""
-    world = ShapesWorld(image_size=config.image_size, seed=config.world_seed)
+    world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
     scenes = world.split(split, config.n_train)
     t2i = [(s.image, s.caption) for s in scenes]
     i2t = []
