@@ -20,10 +20,15 @@ import os
 from segros import inference, store
 from segros.backbones.registry import from_config
 from segros.presets import TrainConfig
-from segros.rng import isolated
+from segros.rng import isolated, torch_threads
 from segros.train import pretrain, set_up, train
 
 WEIGHTS = "model.safetensors"
+# torch CPU threads of every run the store computes (bases, fine-tunes, their evaluations): the float
+# rounding of CPU kernels depends on the thread count, and the committed store was trained on one
+# thread; a recompute with the same count on the same machine kind is bit-exact (docs/calibration.md,
+# "Thread count"). GPU kernels are not affected.
+RECOMPUTE_THREADS = 1
 
 
 # -----------------------------------------------------------------------------
@@ -51,7 +56,7 @@ def ensure_base(config: TrainConfig, runs_dir="runs", progress=True) -> str:
     base = base_config(config)
     folder = store.base_folder(runs_dir, base)
     if not os.path.isfile(os.path.join(folder, WEIGHTS)):
-        with isolated():
+        with isolated(), torch_threads(RECOMPUTE_THREADS):
             pretrain(base, folder, progress=progress)
     return folder
 
@@ -99,8 +104,9 @@ def ensure_run(config: TrainConfig, runs_dir="runs", table="default", name=None,
     store.prepare(run_dir, config)
     if store.is_finished(run_dir):
         return store.read_entry(run_dir)[1]
-    model = train_run(config, run_dir, runs_dir, backbone=backbone, data=data, hook=hook, progress=progress)
-    return evaluate_run(model, config, run_dir, world=world, detector=detector, progress=progress)
+    with torch_threads(RECOMPUTE_THREADS):
+        model = train_run(config, run_dir, runs_dir, backbone=backbone, data=data, hook=hook, progress=progress)
+        return evaluate_run(model, config, run_dir, world=world, detector=detector, progress=progress)
 
 
 # -----------------------------------------------------------------------------
