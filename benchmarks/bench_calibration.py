@@ -70,7 +70,7 @@ def main():
     pipeline.ensure_base(config, args.runs_dir, progress=False)
     base_s = time.time() - t
     t = time.time()
-    base = pipeline.ensure_run(config.replace(method="none"), args.runs_dir, "calibration", progress=False)["geneval"]
+    base = pipeline.ensure_run(config.replace(method="none"), args.runs_dir, "calib", progress=False)["geneval"]
     base_eval_s = time.time() - t
     print(f"base: pretraining {base_s:.0f} s ({config.pretrain_steps} steps; 0 if reused), evaluation {base_eval_s:.0f} s")
 
@@ -81,9 +81,9 @@ def main():
         print(f"  {k:<14}{base[k]:6.1f} ± {se[k]:.1f}")
     print(f"  {'overall':<14}{base['overall']:6.1f} ± {se['overall']:.1f}")
     weakest = set(order[:3])
+    binding_weak = {"position", "color_attr"} <= weakest
     print(f"targets: single ≥ 90: {base['single_object'] >= 90}; overall in [40, 75]: {40 <= base['overall'] <= 75}; "
-          f"position and color_attr among the 3 weakest: {{'position', 'color_attr'}} <= {sorted(weakest)}: "
-          f"{{'position', 'color_attr'}} <= weakest}}")
+          f"position and color_attr among the 3 weakest {sorted(weakest)}: {binding_weak}")
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not seeds:
@@ -91,7 +91,7 @@ def main():
     rows, times = [], []
     for s in seeds:
         t = time.time()
-        r = pipeline.ensure_run(config.replace(method="sft", seed=s), args.runs_dir, "calibration", progress=False)
+        r = pipeline.ensure_run(config.replace(method="sft", seed=s), args.runs_dir, "calib", progress=False)
         times.append(time.time() - t)
         rows.append(r["geneval"])
         print(f"sft seed {s}: overall {r['geneval']['overall']:.1f} "

@@ -47,7 +47,7 @@ def test_caption_styles_per_split(world):
     for s in fine:  # dense and exact: every object's colour and shape is named
         for o in s.objects:
             assert o.color in s.caption and o.shape in s.caption
-    pre = world.split("pretrain", 300)
+    pre = world.split("pretrain", 200)
     partial = sum(any(o.color not in s.caption or o.shape not in s.caption for o in s.objects) for s in pre)
     assert partial > 30  # alt-text leaves objects or colours out
     pairs = [s for s in pre if s.relation is not None and len({o.color for o in s.objects}) == 2
@@ -65,20 +65,20 @@ def test_caption_styles_per_split(world):
 
 def test_held_out_stays_held_out(world):
     for split in ("pretrain", "finetune"):
-        assert not any(world.is_held_out(s) for s in world.split(split, 300))
+        assert not any(world.is_held_out(s) for s in world.split(split, 150))
     assert any(world.is_held_out(s) for s in world.split("eval", 60))
 
 
 def test_vocabulary_covers_captions(world):
     vocab = set(world.vocabulary())
     assert set(ALT_WORDS) <= vocab
-    for s in world.split("pretrain", 200) + world.split("finetune", 100):
+    for s in world.split("pretrain", 100) + world.split("finetune", 50):
         assert set(s.caption.split()) <= vocab, s.caption
         assert re.fullmatch(r"[a-z0-9 ]+", s.caption)
 
 
 def test_ground_truth_and_codec_round_trip_keep_geneval(world, codec):
-    meta = world.geneval_metadata(120, seed=0)
+    meta = world.geneval_metadata(48, seed=0)
     images = [world.render_from_metadata(m, seed=i).image for i, m in enumerate(meta)]
     px = images_to_pixels(images)
     latents = LayoutColorLatents(8, 10, 16, 64)
