@@ -9,6 +9,9 @@ Presets
 -------
 ``small``          the synthetic shapes world on a CPU, tiny-harmon (diffusion-MSE family);
 ``small-showo``    the same with tiny-showo (discrete-code NLL family);
+``small-v3``, ``small-showo-v3``  the same on world v3 (one object per 16 px cell, alt-text
+                   pretraining captions, layout/colour codecs; 553 prompts × 2 seeds). Being
+                   calibrated (docs/calibration.md); the committed store is world v1.
 (no small OpenUni: its random-weight tiny build exists for tests, but there is no tiny
 flow-matching family trained on the shapes world yet)
 ``paper-*``        the six Table 7 columns. They need the real adapters (``showo-256`` ...,
