@@ -6,6 +6,8 @@ and how much GenEval accuracy survives the tiny image tokenizers' round trip.
     PYTHONPATH=. .venv/bin/python benchmarks/bench_grounding_quality.py --part grounding \
         --variants init align align+t2i+i2t --steps 200 --threads 1    # the issue-4 table
 
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_grounding_quality.py --part roundtrip --world v3   # world v3 codecs
+
 Part "roundtrip": GenEval prompts (ShapesWorld.geneval_metadata) → ground-truth renders → scored
 by the shapes detector + GenEval rules, raw and after encode→decode by each image tokenizer.
 
@@ -28,7 +30,8 @@ import torch
 
 from segros.backbones import build_backbone
 from segros.data.image_tokenizer import images_to_pixels, pixels_to_uint8
-from segros.data.shapes import ShapesWorld
+from segros.data.shapes import ShapesWorld, make_world
+from segros.presets import get_preset
 from segros.eval.geneval import evaluate_image, summarize
 from segros.eval.grounding_quality import grounding_quality_table
 from segros.eval.shapes_detector import detect
@@ -43,14 +46,20 @@ def geneval_accuracy(metadata, images):
     return summarize(rows)
 
 
-def roundtrip(n_total, seed):
-    world = ShapesWorld(seed=seed)
-    metadata = world.geneval_metadata(n_total=n_total, seed=seed)
-    images = [world.render_from_metadata(m, seed=i).image for i, m in enumerate(metadata)]
+def roundtrip(n_total, seed, world="v1"):
+    """Round trips of ground-truth renders of ``world``; the tokenizers are those the world's presets
+    build (``small`` / ``small-showo`` for v1, ``small-v3`` / ``small-showo-v3`` for v3)."""
+    suffix = "" if world == "v1" else f"-{world}"
+    shapes = make_world(world, seed=seed)
+    metadata = shapes.geneval_metadata(n_total=n_total, seed=seed)
+    images = [shapes.render_from_metadata(m, seed=i).image for i, m in enumerate(metadata)]
     pixels = images_to_pixels(images)
-    out = {"ground truth": geneval_accuracy(metadata, images)}
-    for name in ("tiny-showo", "tiny-harmon"):
-        m = build_backbone(name)
+    out = {f"ground truth ({world})": geneval_accuracy(metadata, images)}
+    for name, preset in (("tiny-showo", f"small-showo{suffix}"), ("tiny-harmon", f"small{suffix}")):
+        kwargs = dict(get_preset(preset).backbone_kwargs)
+        if world != "v1":
+            kwargs["world"] = world
+        m = build_backbone(name, world_seed=seed, **kwargs)
         tok = m.image_tokenizer if name == "tiny-showo" else m.autoencoder
         with torch.no_grad():
             rec = tok.decode(tok.encode(pixels))
@@ -124,6 +133,7 @@ def main():
     p.add_argument("--eta", type=float, default=0.3)
     p.add_argument("--geneval-n", type=int, default=553)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", default="v1", choices=["v1", "v3"], help="the shapes world of the round trip")
     p.add_argument("--threads", type=int, default=1, help="1 is much faster on a shared CPU")
     p.add_argument("--caption", choices=["caption", "geneval_caption"], default="caption",
                    help="the eval text grounded (training always uses the caption)")
@@ -133,7 +143,7 @@ def main():
     torch.set_num_threads(args.threads)
     if args.part in ("all", "roundtrip"):
         print("GenEval accuracy of ground-truth renders and their image-tokenizer round trips")
-        print(roundtrip(args.geneval_n, args.seed).round(3).to_string(index=False), flush=True)
+        print(roundtrip(args.geneval_n, args.seed, args.world).round(3).to_string(index=False), flush=True)
     if args.part in ("all", "grounding"):
         t = grounding(args.families, args.variants, args.steps, args.batch, args.lr, args.n_train, args.n_eval, args.eta, args.seed, args.caption)
         print(f"Grounding quality of the top-{args.eta:.0%} hints, {args.n_eval} eval scenes, "

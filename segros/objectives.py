@@ -165,6 +165,11 @@ class DiffusionSchedule:
             out = out + sigma * torch.randn(x.shape, generator=generator, device=x.device)
         return out.to(x_t.dtype)
 
+    def eps_from_x0(self, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (x_t − √ᾱ_t x̂0)/√(1−ᾱ_t): the noise an x0-prediction implies (t [M] long)."""
+        a = self._abar(t, x_t)
+        return (x_t.float() - a.sqrt() * x0_hat.float()) / (1 - a).clamp_min(1e-8).sqrt()
+
     def sample(self, predictor, cond: torch.Tensor, channels: int, num_inference_steps: int = 50,
                eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw [M, channels] latents for conditions cond [M, Dc] with DDIM from pure noise."""
@@ -185,7 +190,7 @@ class NoisePredictor(Protocol):
 
 def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tensor, loss_weight: torch.Tensor,
                   schedule: DiffusionSchedule, num_samples: int = 4,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, prediction: str = "epsilon") -> torch.Tensor:
     """Eqs. 16–17: per-token ε-prediction MSE of MAR/Harmon's diffusion head on weighted tokens.
 
     z0 [B, N, C] clean latents, cond [B, N, Dc] the transformer's output at each token,
@@ -196,7 +201,13 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
 
     Per-token loss ℓ_i = mean over the copies and over the C channels of (ε − ε̂)² (MAR's
     mean_flat; Eq. 17's squared L2 norm is C times this). Then Σ w_i ℓ_i / Σ w_i.
+
+    ``prediction="x0"`` (a switch of the tiny family, not Harmon's choice): the predictor returns
+    x̂0 and the per-token loss is the mean of (x0 − x̂0)²; :meth:`DiffusionSchedule.eps_from_x0`
+    turns x̂0 into the ε̂ DDIM steps with.
     """
+    if prediction not in ("epsilon", "x0"):
+        raise ValueError(f"prediction must be 'epsilon' or 'x0', got {prediction!r}")
     if z0.ndim != 3 or not z0.dtype.is_floating_point:
         raise ValueError(f"z0 must be a float tensor [B, N, C], got {z0.dtype} {tuple(z0.shape)}")
     if cond.ndim != 3 or cond.shape[:2] != z0.shape[:2]:
@@ -219,7 +230,8 @@ def diffusion_mse(predictor: NoisePredictor, z0: torch.Tensor, cond: torch.Tenso
     eps_hat = predictor(x_t, t, c)
     if eps_hat.shape != x0.shape:
         raise ValueError(f"predictor must return [M, C] = {tuple(x0.shape)}, got {tuple(eps_hat.shape)}")
-    per_row = (eps_hat.float() - noise.float()).pow(2).mean(dim=-1)
+    target = noise if prediction == "epsilon" else x0
+    per_row = (eps_hat.float() - target.float()).pow(2).mean(dim=-1)
     return (per_row * w).sum() / w.sum()
 
 

@@ -25,10 +25,15 @@ from segros import inference, store
 from segros.backbones.registry import from_config
 from segros.eval.parallel import current
 from segros.presets import TrainConfig
-from segros.rng import isolated
+from segros.rng import isolated, torch_threads
 from segros.train import as_sources, pretrain, set_up, train
 
 WEIGHTS = "model.safetensors"
+# torch CPU threads of every run the store computes (bases, fine-tunes, their evaluations): the float
+# rounding of CPU kernels depends on the thread count, and the committed store was trained on one
+# thread; a recompute with the same count on the same machine kind is bit-exact (docs/calibration.md,
+# "Thread count"). GPU kernels are not affected.
+RECOMPUTE_THREADS = 1
 
 
 # -----------------------------------------------------------------------------
@@ -42,7 +47,7 @@ def base_config(config: TrainConfig) -> TrainConfig:
     """
     return TrainConfig(
         method="sft", backbone=config.backbone, backbone_kwargs=dict(config.backbone_kwargs),
-        world_seed=config.world_seed, image_size=config.image_size, batch_size=config.batch_size,
+        world=config.world, world_seed=config.world_seed, image_size=config.image_size, batch_size=config.batch_size,
         max_steps=config.pretrain_steps, lr=config.pretrain_lr, warmup_steps=min(20, config.pretrain_steps // 10),
         n_train=max(config.n_train, 1024), n_qa_train=max(config.n_qa_train, 1024), lam=1.0, i2t_micro=1,
         grad_accum=1, align_weight=config.align_weight, frozen=config.frozen, pretrain_steps=config.pretrain_steps,
@@ -56,7 +61,7 @@ def ensure_base(config: TrainConfig, runs_dir="runs", progress=True) -> str:
     base = base_config(config)
     folder = store.base_folder(runs_dir, base)
     if not os.path.isfile(os.path.join(folder, WEIGHTS)):
-        with isolated():
+        with isolated(), torch_threads(RECOMPUTE_THREADS):
             pretrain(base, folder, progress=progress)
     return folder
 
@@ -120,8 +125,9 @@ def ensure_run(config: TrainConfig, runs_dir="runs", table="default", name=None,
     store.prepare(run_dir, config)
     if store.is_finished(run_dir):
         return store.read_entry(run_dir)[1]
-    model = train_run(config, run_dir, runs_dir, backbone=backbone, data=data, hook=hook, progress=progress)
-    return evaluate_run(model, config, run_dir, world=world, detector=detector, progress=progress)
+    with torch_threads(RECOMPUTE_THREADS):
+        model = train_run(config, run_dir, runs_dir, backbone=backbone, data=data, hook=hook, progress=progress)
+        return evaluate_run(model, config, run_dir, world=world, detector=detector, progress=progress)
 
 
 def backfill_samples(run_dir: str, runs_dir="runs", *, exact=True, backbone=None, data=None, progress=True) -> str:

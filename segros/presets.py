@@ -9,6 +9,9 @@ Presets
 -------
 ``small``          the synthetic shapes world on a CPU, tiny-harmon (diffusion-MSE family);
 ``small-showo``    the same with tiny-showo (discrete-code NLL family);
+``small-v3``, ``small-showo-v3``  the same on world v3 (one object per 16 px cell, alt-text
+                   pretraining captions, layout/colour codecs; 553 prompts × 2 seeds). Being
+                   calibrated (docs/calibration.md); the committed store is world v1.
 (no small OpenUni: its random-weight tiny build exists for tests, but there is no tiny
 flow-matching family trained on the shapes world yet)
 ``paper-*``        the six Table 7 columns. They need the real adapters (``showo-256`` ...,
@@ -53,6 +56,7 @@ TEXT_EMBEDDINGS = ("snapshot", "frozen", "live")
 # the methods that ground with the caption (Eqs. 3-11), and those that feed hints to the model
 GROUNDING_METHODS = ("segros", "reca_hint_filter")
 HINTED_METHODS = ("segros", "reca", "reca_hint_filter")
+WORLDS = ("v1", "v3")                              # segros.data.shapes.WORLDS
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class TrainConfig:
     pretrain_steps: int = 1500
     pretrain_lr: float = 2e-3
     # data (shapes world)
+    world: str = "v1"                # "v1": the committed store's world; "v3": segros.data.shapes.GridWorld
     world_seed: int = 0
     image_size: int = 64
     n_train: int = 512
@@ -161,7 +166,7 @@ class TrainConfig:
 
 # Fields added after runs were stored: left out of to_dict() (hence out of the config hash and of
 # config.json) while at these defaults, so every stored run keeps its hash and its name.
-HASH_NEUTRAL = {"t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
+HASH_NEUTRAL = {"world": "v1", "t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
                 "max_skip_frac": 0.01}
 
 
@@ -263,6 +268,7 @@ def validate(c: TrainConfig):
     _check_choice("cond_dropout", c.cond_dropout, COND_DROPOUT)
     if not isinstance(c.stopwords, bool):
         raise ValueError(f"stopwords must be True or False; got {c.stopwords!r}")
+    _check_choice("world", c.world, WORLDS)
     if c.mask_schedule is not None:
         _check_choice("mask_schedule", c.mask_schedule, SCHEDULES)
     if c.gamma_per is not None:
@@ -355,6 +361,14 @@ PRESETS = {
     # training it through I2T would let every patch carry the whole image (no grounding left)
     "small-showo": dataclasses.replace(SMALL, backbone="tiny-showo", frozen=("hint_encoder",)),
 }
+# world v3 (docs/calibration.md): one object per 16 px cell, alt-text pretraining captions, dense
+# fine-tuning captions; the layout/colour codecs; GenEval's 553 prompts × 2 image seeds per run.
+# Behind a switch: the committed store is world v1, and these presets are being calibrated.
+V3_COMMON = dict(world="v3", eval_prompts=553, eval_seeds=(0, 1))
+PRESETS["small-v3"] = dataclasses.replace(
+    SMALL, backbone_kwargs={"patch": 16, "codec": "layout_color", "latent_channels": 19}, **V3_COMMON)
+PRESETS["small-showo-v3"] = dataclasses.replace(
+    PRESETS["small-showo"], backbone_kwargs={"patch": 16, "codec": "layout_color", "num_codes": 80}, **V3_COMMON)
 for _key in PAPER_KEYS:
     PRESETS[f"paper-{_key}"] = dataclasses.replace(SMALL, **{**PAPER_COMMON, **paper_overrides(_key)})
 

@@ -54,3 +54,24 @@ def isolated():
         yield
     finally:
         set_rng_state(saved)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the body with ``n`` torch intra-op CPU threads (restored on exit; ``None``: unchanged).
+
+    CPU kernels split their reductions by thread, so the float rounding of a run, and from there
+    its weights, depends on the thread count: the store's runs are computed with one thread
+    (``segros.pipeline.RECOMPUTE_THREADS``) so a recompute on the same machine kind is bit-exact."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"n must be >= 1 or None, got {n}")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+

@@ -31,8 +31,8 @@ from segros.backbones.openuni import build_openuni
 from segros.backbones.showo import build_showo
 from segros.backbones.tiny_harmon import TinyHarmon, TinyHarmonConfig
 from segros.backbones.tiny_showo import TinyShowo, TinyShowoConfig
-from segros.data.image_tokenizer import fit_kmeans_tokenizer, fit_patch_autoencoder, images_to_pixels
-from segros.data.shapes import ShapesWorld
+from segros.data.image_tokenizer import fit_kmeans_tokenizer, fit_layout_color_codec, fit_patch_autoencoder, images_to_pixels
+from segros.data.shapes import make_world
 from segros.data.tokenizer import build_text_tokenizer
 from segros.presets import TrainConfig
 
@@ -53,10 +53,10 @@ def build_backbone(name: str, **cfg) -> Backbone:
 # -----------------------------------------------------------------------------
 # the tiny families
 
-def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size):
-    """The text tokenizer and the fitting pixels of a tiny family (shapes world by default)."""
+def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size, world="v1"):
+    """The text tokenizer and the fitting pixels of a tiny family (shapes world ``world`` by default)."""
     if tokenizer is None or fit_images is None:
-        world = ShapesWorld(image_size=image_size, seed=world_seed)
+        world = make_world(world, image_size=image_size, seed=world_seed)
     if tokenizer is None:
         tokenizer = build_text_tokenizer(world.vocabulary())
     if fit_images is None:
@@ -67,17 +67,28 @@ def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size):
     return tokenizer, pixels
 
 
-def build_tiny_showo(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, **cfg) -> TinyShowo:
+def build_tiny_showo(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, world="v1", **cfg) -> TinyShowo:
     config = TinyShowoConfig(**cfg)
-    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size)
-    codes = fit_kmeans_tokenizer(pixels, config.num_codes, config.patch, seed=config.seed)
+    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size, world)
+    if config.codec == "layout_color":
+        if config.num_codes != config.n_layouts * config.n_colors:
+            raise ValueError(f"codec layout_color needs num_codes = n_layouts · n_colors = "
+                             f"{config.n_layouts * config.n_colors}, got {config.num_codes}")
+        codes = fit_layout_color_codec(pixels, config.n_layouts, config.n_colors, config.patch)
+    else:
+        codes = fit_kmeans_tokenizer(pixels, config.num_codes, config.patch, seed=config.seed)
     return TinyShowo(config, tokenizer, codes)
 
 
-def build_tiny_harmon(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, **cfg) -> TinyHarmon:
+def build_tiny_harmon(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, world="v1", **cfg) -> TinyHarmon:
     config = TinyHarmonConfig(**cfg)
-    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size)
-    ae = fit_patch_autoencoder(pixels, config.latent_channels, config.patch)
+    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size, world)
+    if config.codec == "layout_color":
+        ae = fit_layout_color_codec(pixels, patch=config.patch, continuous=True)
+        if ae.channels != config.latent_channels:
+            raise ValueError(f"codec layout_color gives {ae.channels} latent channels, config.latent_channels={config.latent_channels}")
+    else:
+        ae = fit_patch_autoencoder(pixels, config.latent_channels, config.patch)
     return TinyHarmon(config, tokenizer, ae)
 
 
@@ -170,6 +181,8 @@ def from_config(config: TrainConfig) -> Backbone:
     kwargs = method_backbone_kwargs(config.method, config.backbone, config.backbone_kwargs)
     if config.backbone.startswith("tiny-"):  # tiny families fit their offline tokenizers on this world
         kwargs = {"world_seed": config.world_seed, "image_size": config.image_size, **kwargs}
+        if config.world != "v1":
+            kwargs = {"world": config.world, **kwargs}
     try:
         return build_backbone(config.backbone, **kwargs)
     except (KeyError, ValueError, TypeError, OSError, NotImplementedError, ImportError) as e:

@@ -44,7 +44,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segros.backbones.base import VisualTokens
 from segros.backbones.tiny_common import TinyBackbone, TinyConfig, check_batch
-from segros.data.image_tokenizer import PatchPCAAutoencoder
+from segros.data.image_tokenizer import LayoutColorLatents, PatchPCAAutoencoder
 from segros.objectives import DiffusionSchedule, diffusion_mse
 
 
@@ -59,6 +59,9 @@ class TinyHarmonConfig(TinyConfig):
     diff_depth: int = 2
     diff_num_samples: int = 4
     diff_train_steps: int = 1000
+    prediction: str = "epsilon"  # what the diffusion head predicts: "epsilon" (MAR/Harmon) | "x0" (docs/calibration.md)
+    codec: str = "pca"           # "pca" (PatchPCAAutoencoder) | "layout_color" (LayoutColorLatents, world v3;
+                                 # latent_channels must then be 4·4 + 3 = 19)
 
 
 def transformer(dim: int, depth: int) -> nn.TransformerEncoder:
@@ -175,7 +178,14 @@ class TinyHarmon(TinyBackbone):
     def __init__(self, config: TinyHarmonConfig, tokenizer, autoencoder: PatchPCAAutoencoder | None = None):
         super().__init__(config, tokenizer)
         torch.manual_seed(config.seed)
-        self.autoencoder = autoencoder or PatchPCAAutoencoder(config.latent_channels, config.patch, config.image_size)
+        if config.prediction not in ("epsilon", "x0"):
+            raise ValueError(f"prediction must be 'epsilon' or 'x0', got {config.prediction!r}")
+        if config.codec not in ("pca", "layout_color"):
+            raise ValueError(f"codec must be 'pca' or 'layout_color', got {config.codec!r}")
+        if autoencoder is None:
+            autoencoder = (PatchPCAAutoencoder(config.latent_channels, config.patch, config.image_size) if config.codec == "pca"
+                           else LayoutColorLatents(patch=config.patch, image_size=config.image_size))
+        self.autoencoder = autoencoder
         if self.autoencoder.channels != config.latent_channels:
             raise ValueError(f"autoencoder has {self.autoencoder.channels} channels, config.latent_channels={config.latent_channels}")
         g = config.image_size // config.patch
@@ -235,7 +245,7 @@ class TinyHarmon(TinyBackbone):
         ids, am = self.drop_prompts(batch["input_ids"], batch["attention_mask"], hints)
         z = self.conditions(hints, ids, am, latents, supervision.seen.bool())
         return diffusion_mse(self.diffusion_head, latents, z, supervision.loss_weight.float(), self.schedule,
-                             num_samples=self.config.diff_num_samples)
+                             num_samples=self.config.diff_num_samples, prediction=self.config.prediction)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seed: int = 0, guidance_scale: float = 3.0, num_iter: int = 8,
@@ -263,9 +273,12 @@ class TinyHarmon(TinyBackbone):
             cond = torch.cat([zc[todo], zu[todo]], dim=-1)
 
             def guided(x, t, cc):
-                eps = self.diffusion_head(torch.cat([x, x]), torch.cat([t, t]), torch.cat(cc.chunk(2, dim=-1)))
-                e_c, e_u = eps.chunk(2)
-                return e_u + guidance_scale * (e_c - e_u)
+                out = self.diffusion_head(torch.cat([x, x]), torch.cat([t, t]), torch.cat(cc.chunk(2, dim=-1)))
+                o_c, o_u = out.chunk(2)
+                guided_out = o_u + guidance_scale * (o_c - o_u)
+                if self.config.prediction == "x0":  # guidance on x̂0, then the ε̂ it implies
+                    return self.schedule.eps_from_x0(x, guided_out, t)
+                return guided_out
 
             latents[todo] = self.schedule.sample(guided, cond, c, diffusion_steps, generator=g)
             known |= todo

@@ -38,7 +38,7 @@ from transformers import PhiConfig, PhiForCausalLM
 from segros import shard
 from segros.backbones.base import VisualTokens
 from segros.backbones.tiny_common import TinyBackbone, TinyConfig, check_batch
-from segros.data.image_tokenizer import PatchKMeansTokenizer
+from segros.data.image_tokenizer import LayoutColorCodec, PatchKMeansTokenizer
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class TinyShowoConfig(TinyConfig):
     hint_patch: int = 8          # -> 6×6 hint grid
     hint_width: int = 96
     hint_layers: int = 1
+    codec: str = "kmeans"        # "kmeans" (PatchKMeansTokenizer) | "layout_color" (LayoutColorCodec, world v3)
+    n_layouts: int = 8           # layout_color: K = n_layouts · n_colors codes
+    n_colors: int = 10
 
 
 class HintEncoder(nn.Module):
@@ -78,7 +81,12 @@ class TinyShowo(TinyBackbone):
     def __init__(self, config: TinyShowoConfig, tokenizer, image_tokenizer: PatchKMeansTokenizer | None = None):
         super().__init__(config, tokenizer)
         torch.manual_seed(config.seed)
-        self.image_tokenizer = image_tokenizer or PatchKMeansTokenizer(config.num_codes, config.patch, config.image_size)
+        if config.codec not in ("kmeans", "layout_color"):
+            raise ValueError(f"codec must be 'kmeans' or 'layout_color', got {config.codec!r}")
+        if image_tokenizer is None:
+            image_tokenizer = (PatchKMeansTokenizer(config.num_codes, config.patch, config.image_size) if config.codec == "kmeans"
+                               else LayoutColorCodec(config.n_layouts, config.n_colors, config.patch, config.image_size))
+        self.image_tokenizer = image_tokenizer
         if self.image_tokenizer.num_codes != config.num_codes:
             raise ValueError(f"image_tokenizer has {self.image_tokenizer.num_codes} codes, config.num_codes={config.num_codes}")
         self.code_offset = len(tokenizer)

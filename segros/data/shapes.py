@@ -482,3 +482,154 @@ def _geneval_record(tag, item):
     ca, a, cb, b = item
     return {"tag": tag, "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
             "prompt": f"a photo of {with_article(ca)} {a} and {with_article(cb)} {b}"}
+
+
+# -----------------------------------------------------------------------------
+# world v3: one object per cell of a grid, alt-text pretraining captions
+
+# pretraining captions (web alt-text stand-in): words the dense captions never use
+ALT_WORDS = ("some", "shapes", "objects", "colorful", "things", "next", "to", "with")
+
+
+class GridWorld(ShapesWorld):
+    """World ``"v3"``: the scenes of :class:`ShapesWorld` placed on a ``grid × grid`` lattice of
+    cells (4 × 4 cells of 16 px at 64 px), one object per cell, each filling a centred square box of
+    ``cell − 2·margin`` px, so a 16 px image token holds at most one whole object.
+
+    Captions depend on the split (``docs/calibration.md``): the *pretrain* split reads like web
+    alt-text (:meth:`alt_caption`: objects left out, colours left out, colours sometimes bound to
+    the wrong object, relations rarely stated); the *finetune* split keeps :func:`training_caption`,
+    dense and exact (every object, colour, count and relation), as curated fine-tuning sets are.
+    Held-out compositions never occur in either training split (checked on the scene's true
+    content, whatever its caption says).
+    """
+
+    version = "v3"
+
+    def __init__(self, image_size=64, seed=0, holdout=None, grid=4, margin=1,
+                 alt_drop=0.3, alt_no_color=0.25, alt_swap=0.3, alt_relation=0.15):
+        super().__init__(image_size, seed, holdout)
+        if image_size % grid:
+            raise ValueError(f"image_size={image_size} must be a multiple of grid={grid}")
+        self.grid, self.cell, self.margin = int(grid), image_size // grid, int(margin)
+        if self.cell - 2 * self.margin < 8:
+            raise ValueError(f"cells of {self.cell} px with margin {margin} leave objects under 8 px")
+        self.alt = dict(drop=alt_drop, no_color=alt_no_color, swap=alt_swap, relation=alt_relation)
+
+    def cell_box(self, cell):
+        r, c = divmod(int(cell), self.grid)
+        m, s = self.margin, self.cell
+        return (c * s + m, r * s + m, (c + 1) * s - m, (r + 1) * s - m)
+
+    def place_cells(self, n, rng, relations=(), max_tries=2000):
+        """``n`` boxes in distinct random cells; ``relations`` as in :func:`place`; a two-object
+        scene without constraints still has exactly one GenEval relation."""
+        for _ in range(max_tries):
+            cells = rng.choice(self.grid * self.grid, size=n, replace=False)
+            boxes = [self.cell_box(c) for c in cells]
+            if n == 2 and not relations and len(relative_position(boxes[0], boxes[1])) != 1:
+                continue
+            if all(relative_position(boxes[i], boxes[j]) == {rel} for rel, i, j in relations):
+                return boxes
+        raise RuntimeError(f"could not place {n} objects with relations {relations} in {max_tries} tries")
+
+    def _boxes(self, n, rng, relations=()):
+        return self.place_cells(n, rng, relations)
+
+    # the sampling of ShapesWorld, on cells
+    def _random_spec(self, rng):
+        kind = rng.choice(["single", "pair", "count"], p=[0.3, 0.45, 0.25])
+        n = {"single": 1, "pair": 2}.get(kind) or int(rng.integers(2, 5))
+        boxes = self._boxes(n, rng)
+        if kind == "count":
+            c, s = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            return [{"shape": str(s), "color": str(c), "box": b} for b in boxes]
+        return [{"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "box": b} for b in boxes]
+
+    def _held_out_spec(self, rng):
+        items = sorted(self.holdout_color_shape) + sorted(self.holdout_relation)
+        item = items[rng.integers(len(items))]
+        if len(item) == 2:
+            c, s = item
+            n = int(rng.integers(1, 3))
+            boxes = self._boxes(n, rng)
+            spec = [{"shape": s, "color": c, "box": boxes[0]}]
+            if n == 2:
+                spec.append({"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "box": boxes[1]})
+            return spec
+        a, rel, b = item
+        boxes = self._boxes(2, rng, relations=[(rel, 0, 1)])
+        return [{"shape": a, "color": str(rng.choice(list(COLORS))), "box": boxes[0]},
+                {"shape": b, "color": str(rng.choice(list(COLORS))), "box": boxes[1]}]
+
+    def scene(self, split, index, seed=None):
+        scene = super().scene(split, index, seed)
+        if split == "pretrain":
+            seed = self.seed if seed is None else int(seed)
+            rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], int(index), 7]))
+            scene.caption = self.alt_caption(scene.objects, scene.relation, rng)
+        return scene
+
+    def alt_caption(self, objects, relation, rng):
+        """Web alt-text: a filler prefix, then a *partial*, sometimes *wrongly bound* description.
+
+        Each object's colour is left out with probability ``alt_no_color``; in a scene of several
+        objects each object after the first is left out with probability ``alt_drop``; two named
+        colours are swapped between their objects with probability ``alt_swap``; a two-object
+        relation is stated with probability ``alt_relation`` (else the objects are joined by
+        "and"); a counting scene is "some red circles" with probability ``alt_drop``."""
+        p = self.alt
+        prefix = PREFIXES[rng.integers(len(PREFIXES))]
+        if _identical(objects):
+            c, s = objects[0].color, objects[0].shape
+            count = "some" if rng.random() < p["drop"] else NUMBERS[len(objects)]
+            color = "" if rng.random() < p["no_color"] else c
+            return " ".join(w for w in (prefix, count, color, plural(s)) if w)
+        colors = [o.color if rng.random() >= p["no_color"] else "" for o in objects]
+        named = [i for i, c in enumerate(colors) if c]
+        if len(named) >= 2 and rng.random() < p["swap"]:
+            i, j = rng.choice(named, size=2, replace=False)
+            if colors[i] != colors[j]:
+                colors[i], colors[j] = colors[j], colors[i]
+        phrases = [with_article(" ".join(w for w in (colors[k], o.shape) if w)) for k, o in enumerate(objects)]
+        if relation is not None and rng.random() < p["relation"]:
+            rel, i, j = relation
+            body = f"{phrases[i]} {RELATION_PHRASES[rel][rng.integers(len(RELATION_PHRASES[rel]))]} {phrases[j]}"
+        else:
+            keep = [0] + [k for k in range(1, len(objects)) if rng.random() >= p["drop"]]
+            body = " and ".join(phrases[k] for k in keep)
+        return f"{prefix} {body}"
+
+    def vocabulary(self):
+        return sorted(set(super().vocabulary()) | set(ALT_WORDS))
+
+    def render_from_metadata(self, metadata, seed=0):
+        rng = np.random.default_rng(seed)
+        shapes, colors, groups = [], [], []
+        for i, req in enumerate(metadata["include"]):
+            if req["class"] not in SHAPES:
+                raise ValueError(f"metadata['include'][{i}]['class'] must be one of {SHAPES}, got {req['class']!r}")
+            groups.append(list(range(len(shapes), len(shapes) + int(req["count"]))))
+            for _ in range(int(req["count"])):
+                shapes.append(req["class"])
+                colors.append(req.get("color", str(rng.choice(list(COLORS)))))
+        relations = []
+        for i, req in enumerate(metadata["include"]):
+            if "position" in req:
+                rel, target = req["position"]
+                relations += [(rel, a, b) for a in groups[i] for b in groups[int(target)]]
+        boxes = self._boxes(len(shapes), rng, relations)
+        scene = render([{"shape": s, "color": c, "box": b} for s, c, b in zip(shapes, colors, boxes)], self.image_size, rng=rng)
+        scene.meta = {"geneval": metadata}
+        return scene
+
+
+WORLDS = {"v1": ShapesWorld, "v3": GridWorld}
+
+
+def make_world(version="v1", image_size=64, seed=0, **kwargs):
+    """The shapes world of ``version`` (``"v1"``: free placement, one caption style, the committed
+    store's world; ``"v3"``: :class:`GridWorld`)."""
+    if version not in WORLDS:
+        raise ValueError(f"world must be one of {tuple(WORLDS)}, got {version!r}")
+    return WORLDS[version](image_size=image_size, seed=seed, **kwargs)

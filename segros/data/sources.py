@@ -56,6 +56,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from segros.data.shapes import make_world
+from segros.paper import TABLE1_BACKBONES, TABLE1_DATASET
 from segros.presets import TrainConfig
 
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp")
@@ -423,9 +425,7 @@ def open_llava(json_path: str, image_root: str, turns: str = "all", cache_dir: O
 
 def shapes_sources(config: TrainConfig, split: str = "finetune") -> tuple[ListSource, ListSource]:
     """The shapes world's T2I captions and I2T question-answer view: exactly ``segros.train.shapes_data``."""
-    from segros.data.shapes import ShapesWorld
-
-    world = ShapesWorld(image_size=config.image_size, seed=config.world_seed)
+    world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
     scenes = world.split(split, config.n_train)
     t2i = [(s.image, s.caption) for s in scenes]
     i2t = []
@@ -444,8 +444,6 @@ def trains_i2t(config: TrainConfig) -> bool:
 
 def table1_row(backbone: str) -> Optional[str]:
     """The Table 1 backbone name of a registry name ("harmon-0.5b" -> "Harmon-0.5B"), or None."""
-    from segros.paper import TABLE1_BACKBONES
-
     for name in TABLE1_BACKBONES:
         if name.lower().replace("show-o", "showo") == backbone.lower():
             return name
@@ -460,8 +458,6 @@ def require_data_source(config: TrainConfig) -> None:
     explicitly. The message names the
     dataset the paper used for that row (Table 1's dataset column, ``segros.paper.TABLE1_DATASET``).
     """
-    from segros.paper import TABLE1_DATASET
-
     if config.backbone.startswith("tiny-") or config.method == "none":  # "w/o SFT" trains nothing
         return
     missing = []

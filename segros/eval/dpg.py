@@ -54,6 +54,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from segros.eval.dpg_vqa import build_vqa
+
 CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad",
                "category_detailed", "tuple", "question_natural_language")
 IMAGES_PER_PROMPT = 4          # 2x2 grid, ELLA's README
@@ -575,7 +577,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--out", help="results file (default <layout>/dpg_results.json)")
     args = p.parse_args(argv)
-    from segros.eval.dpg_vqa import build_vqa
 
     bench = load_benchmark(args.ella, csv_path=args.csv, skip_first_row=not args.keep_first_row)
     vqa = build_vqa(args.vqa, model=args.model, device=args.device, dtype=args.dtype)
