@@ -21,7 +21,8 @@ import torch
 from segros import shard
 from segros.data.shapes import ShapesWorld
 from segros.data.sources import (I2T_SEED_OFFSET, DataStats, ListSource, TrainSources, build_sources, check_skips,
-                                 i2t_model_batch, make_loader, stats_row, t2i_model_batch, trains_i2t)
+                                 i2t_model_batch, make_loader, require_data_source, stats_row, t2i_model_batch,
+                                 trains_i2t)
 from segros.presets import TrainConfig
 
 
@@ -99,6 +100,18 @@ def as_sources(config: TrainConfig, data=None, split: str = "finetune") -> Train
         i2t = ListSource(data.i2t, "i2t", "given I2T pairs") if trains_i2t(config) else None
         return TrainSources(ListSource(data.t2i, "t2i", "given T2I pairs"), i2t)
     raise TypeError(f"data must be TrainSources, TrainData or None, got {type(data).__name__}")
+
+
+def check_sources(config: TrainConfig, data=None, split: str = "finetune"):
+    """Before a model is built: raise on a paper backbone without data, and open (and so check) the
+    config's real sources now; returns what to pass on as ``data``. Sources that read the shapes
+    world stay unbuilt here (generating a paper preset's world is slow, and a backbone error should
+    come first)."""
+    if data is not None or config.method == "none":
+        return data
+    require_data_source(config)
+    shapes = config.t2i_data in (None, "shapes") or (trains_i2t(config) and config.i2t_data in (None, "shapes"))
+    return None if shapes else build_sources(config, split)
 
 
 class Feed:
