@@ -21,7 +21,7 @@ import torch
 from segros import shard
 from segros.data.shapes import ShapesWorld
 from segros.data.sources import (I2T_SEED_OFFSET, DataStats, ListSource, TrainSources, build_sources, check_skips,
-                                 i2t_model_batch, make_loader, require_data_source, stats_row, t2i_model_batch,
+                                 i2t_model_batch, make_loader, open_llava, open_t2i, require_data_source, stats_row, t2i_model_batch,
                                  trains_i2t)
 from segros.presets import TrainConfig
 
@@ -111,7 +111,13 @@ def check_sources(config: TrainConfig, data=None, split: str = "finetune"):
         return data
     require_data_source(config)
     shapes = config.t2i_data in (None, "shapes") or (trains_i2t(config) and config.i2t_data in (None, "shapes"))
-    return None if shapes else build_sources(config, split)
+    if not shapes:
+        return build_sources(config, split)
+    if config.t2i_data not in (None, "shapes"):  # one real source beside the shapes world: checked now
+        open_t2i(config.t2i_data, config.t2i_caption)
+    if trains_i2t(config) and config.i2t_data not in (None, "shapes"):
+        open_llava(config.i2t_data, config.i2t_image_root)
+    return None
 
 
 class Feed:
