@@ -26,7 +26,7 @@ from segros.backbones.registry import from_config
 from segros.eval.parallel import current
 from segros.presets import TrainConfig
 from segros.rng import isolated, torch_threads
-from segros.train import as_sources, pretrain, set_up, train
+from segros.train import check_sources, pretrain, set_up, train
 
 WEIGHTS = "model.safetensors"
 # torch CPU threads of every run the store computes (bases, fine-tunes, their evaluations): the float
@@ -82,11 +82,10 @@ def train_run(config: TrainConfig, out, runs_dir="runs", *, backbone=None, data=
               num_workers=0):
     """Train ``config`` into the folder ``out``, starting from its resolved ``init_from``; the model.
 
-    The data sources are opened first (``segros.train.as_sources``), so a missing path, an unknown
+    The data sources are checked first (``segros.train.check_sources``), so a missing path, an unknown
     column or a paper backbone without data stops before a base is pretrained or a model built.
     ``num_workers``: DataLoader workers that decode and preprocess."""
-    if data is None and config.method != "none":
-        data = as_sources(config)
+    data = check_sources(config, data)
     init = resolve_init(config, runs_dir, progress)
     return train(config, out, backbone=backbone, init=init, data=data, hook=hook, progress=progress,
                  num_workers=num_workers)

@@ -8,13 +8,13 @@
 :mod:`segros.pipeline`, which resolves a run's base before calling :func:`train`.
 """
 
-from segros.train.data import (Feed, TrainData, as_sources, batch_indices, make_i2t_batch, make_t2i_batch,
+from segros.train.data import (Feed, TrainData, as_sources, batch_indices, check_sources, make_i2t_batch, make_t2i_batch,
                                micro_schedule, shapes_data, to_device)
 from segros.train.loop import Trainer, freeze, lr_at, make_optimizer, pretrain, set_up, train
 from segros.train.steps import (finetune_objective, gather_hints, grounded_map, pretrain_objective, t2i_step,
                                 top_hint_idx, without_text)
 
-__all__ = ["Feed", "as_sources", "TrainData", "batch_indices", "make_i2t_batch", "make_t2i_batch", "micro_schedule", "shapes_data",
+__all__ = ["Feed", "as_sources", "check_sources", "TrainData", "batch_indices", "make_i2t_batch", "make_t2i_batch", "micro_schedule", "shapes_data",
            "to_device", "Trainer", "freeze", "lr_at", "make_optimizer", "pretrain", "set_up", "train",
            "finetune_objective", "gather_hints", "grounded_map", "pretrain_objective", "t2i_step", "top_hint_idx",
            "without_text"]

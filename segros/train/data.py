@@ -21,7 +21,8 @@ import torch
 from segros import shard
 from segros.data.shapes import make_world
 from segros.data.sources import (I2T_SEED_OFFSET, DataStats, ListSource, TrainSources, build_sources, check_skips,
-                                 i2t_model_batch, make_loader, stats_row, t2i_model_batch, trains_i2t)
+                                 i2t_model_batch, make_loader, open_llava, open_t2i, require_data_source, stats_row, t2i_model_batch,
+                                 trains_i2t)
 from segros.presets import TrainConfig
 
 
@@ -99,6 +100,24 @@ def as_sources(config: TrainConfig, data=None, split: str = "finetune") -> Train
         i2t = ListSource(data.i2t, "i2t", "given I2T pairs") if trains_i2t(config) else None
         return TrainSources(ListSource(data.t2i, "t2i", "given T2I pairs"), i2t)
     raise TypeError(f"data must be TrainSources, TrainData or None, got {type(data).__name__}")
+
+
+def check_sources(config: TrainConfig, data=None, split: str = "finetune"):
+    """Before a model is built: raise on a paper backbone without data, and open (and so check) the
+    config's real sources now; returns what to pass on as ``data``. Sources that read the shapes
+    world stay unbuilt here (generating a paper preset's world is slow, and a backbone error should
+    come first)."""
+    if data is not None or config.method == "none":
+        return data
+    require_data_source(config)
+    shapes = config.t2i_data in (None, "shapes") or (trains_i2t(config) and config.i2t_data in (None, "shapes"))
+    if not shapes:
+        return build_sources(config, split)
+    if config.t2i_data not in (None, "shapes"):  # one real source beside the shapes world: checked now
+        open_t2i(config.t2i_data, config.t2i_caption)
+    if trains_i2t(config) and config.i2t_data not in (None, "shapes"):
+        open_llava(config.i2t_data, config.i2t_image_root)
+    return None
 
 
 class Feed:

@@ -41,7 +41,7 @@ from segros import shard, store
 from segros.backbones.registry import check_backbone, from_config
 from segros.presets import TrainConfig, autocast, resolve_precision
 from segros.rng import seed_everything
-from segros.train.data import Feed, as_sources, micro_schedule, shapes_data, to_device
+from segros.train.data import Feed, as_sources, check_sources, micro_schedule, shapes_data, to_device
 from segros.train.steps import finetune_objective, prepare_text_embeddings, pretrain_objective
 
 
@@ -273,7 +273,7 @@ def train(config: TrainConfig, out, *, backbone=None, init=None, data=None, obje
     "w/o SFT" row) returns the set-up model untrained; a finished run (``out/model.safetensors``)
     is loaded and returned without training.
     """
-    sources = None if config.method == "none" else as_sources(config, data, split)  # stops on bad settings now
+    data = check_sources(config, data, split)  # a paper backbone without data, a bad path or column: stop now
     state = PartialState(cpu=not torch.cuda.is_available())  # the Trainer's Accelerator shares this state
     if state.is_main_process:
         store.prepare(out, config)
@@ -285,6 +285,7 @@ def train(config: TrainConfig, out, *, backbone=None, init=None, data=None, obje
     if os.path.exists(final):
         store.load_weights(backbone, final)
         return backbone
+    sources = as_sources(config, data, split)
     trainer = Trainer(config, out, backbone, sources, objective or finetune_objective(config), num_workers)
     trainer.net.train()
     t0 = time.time()
