@@ -159,7 +159,7 @@ class TableNotebook:
             result = paper_eval.beside_paper(self.spec.name, self.long)
             viz.write_table(result, f"{self.figures_dir}/{self.spec.name}_paper_scale")
             return result
-        result = tables.paper_vs_small(self.spec.name, self.long)
+        result = tables.paper_vs_small(self.spec, self.long)
         viz.write_table(result, f"{self.figures_dir}/{self.spec.name}")
         return result
 

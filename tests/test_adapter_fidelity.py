@@ -245,7 +245,8 @@ def test_command_line_reca_run_without_instructions_stops(tmp_path, capsys):
     from segros.train.__main__ import main
 
     rc = main(["--preset", "paper-harmon-0.5b", "--method", "reca", "--out", str(tmp_path / "run"), "--quiet",
-               "--set", 'backbone_kwargs={"checkpoint": "/nowhere/harmon_0.5b.pth"}'])
+               "--set", 'backbone_kwargs={"checkpoint": "/nowhere/harmon_0.5b.pth"}',
+               "--set", "t2i_data=shapes", "--set", "i2t_data=shapes"])  # data is checked before the model
     err = capsys.readouterr().err
     assert rc == 1 and "recon_prompts" in err and "Harmon/src/datasets/text2image/consts.py" in err
 
