@@ -438,6 +438,10 @@ class ShapesWorld:
                 rows.append(_geneval_record(tag, pool[order[k % len(pool)]]))
         return rows
 
+    def _boxes(self, n, rng, relations=()):
+        """Boxes of ``n`` objects satisfying ``relations`` (free placement; :class:`GridWorld` uses cells)."""
+        return place(n, rng, self.image_size, relations=relations)
+
     def render_from_metadata(self, metadata, seed=0):
         """A ground-truth scene satisfying a GenEval prompt record (colours random where unspecified)."""
         rng = np.random.default_rng(seed)
@@ -454,7 +458,7 @@ class ShapesWorld:
             if "position" in req:
                 rel, target = req["position"]
                 relations += [(rel, a, b) for a in groups[i] for b in groups[int(target)]]
-        boxes = place(len(shapes), rng, self.image_size, relations=relations)
+        boxes = self._boxes(len(shapes), rng, relations)
         scene = render([{"shape": s, "color": c, "box": b} for s, c, b in zip(shapes, colors, boxes)], self.image_size, rng=rng)
         scene.meta = {"geneval": metadata}
         return scene
@@ -602,26 +606,6 @@ class GridWorld(ShapesWorld):
 
     def vocabulary(self):
         return sorted(set(super().vocabulary()) | set(ALT_WORDS))
-
-    def render_from_metadata(self, metadata, seed=0):
-        rng = np.random.default_rng(seed)
-        shapes, colors, groups = [], [], []
-        for i, req in enumerate(metadata["include"]):
-            if req["class"] not in SHAPES:
-                raise ValueError(f"metadata['include'][{i}]['class'] must be one of {SHAPES}, got {req['class']!r}")
-            groups.append(list(range(len(shapes), len(shapes) + int(req["count"]))))
-            for _ in range(int(req["count"])):
-                shapes.append(req["class"])
-                colors.append(req.get("color", str(rng.choice(list(COLORS)))))
-        relations = []
-        for i, req in enumerate(metadata["include"]):
-            if "position" in req:
-                rel, target = req["position"]
-                relations += [(rel, a, b) for a in groups[i] for b in groups[int(target)]]
-        boxes = self._boxes(len(shapes), rng, relations)
-        scene = render([{"shape": s, "color": c, "box": b} for s, c, b in zip(shapes, colors, boxes)], self.image_size, rng=rng)
-        scene.meta = {"geneval": metadata}
-        return scene
 
 
 WORLDS = {"v1": ShapesWorld, "v3": GridWorld}
