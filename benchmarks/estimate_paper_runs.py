@@ -39,8 +39,8 @@ for path in (ROOT, os.path.join(ROOT, "benchmarks")):
 MICRO_TFLOP = {
     "showo-256": {"sft": 37.8, "reca": 59.6, "segros": 45.2},
     "showo-512": {"sft": 34.7, "reca": 46.6, "segros": 39.8},
-    "harmon-0.5b": {"sft": 744.3, "reca": 1045.0, "segros": 881.0},
-    "harmon-1.5b": {"sft": 1168.8, "reca": 1709.0, "segros": 1433.3},
+    "harmon-0.5b": {"sft": 744.3, "reca": 1062.3, "segros": 881.0},
+    "harmon-1.5b": {"sft": 1168.8, "reca": 1737.3, "segros": 1433.3},
     "openuni-1.6b": {"sft": 118.6, "reca": 162.8, "segros": 154.7},
     "openuni-3.6b": {"sft": 118.7, "reca": 155.7, "segros": 142.5},
 }

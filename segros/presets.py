@@ -47,8 +47,9 @@ SCHEDULES = ("uniform", "truncnorm", "cosine")     # masking-ratio schedules (se
 GAMMA_PER = ("batch", "sample")                    # one γ per batch (MAR) or per sample
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # what a dropped caption (classifier-free guidance training) takes away on a hinted path: the caption
-# and the hints (the row trains the unconditional branch generation uses), or the caption only
-COND_DROPOUT = ("caption_and_hints", "caption")
+# and the hints (the row trains the unconditional branch generation uses), or the caption only; "none":
+# no dropout on hinted paths (the package before this switch existed)
+COND_DROPOUT = ("caption_and_hints", "caption", "none")
 # which text-embedding table grounding reads (§8.1 "frozen internal text embedding layers"): a frozen
 # snapshot taken when fine-tuning starts (the table itself trains), the table frozen for real, or the
 # live, training table (the package before this switch existed)

@@ -169,12 +169,12 @@ def hinted_loss(backbone, batch, sup, hints, config: TrainConfig, generator):
     ``generator``. A dropped row's text becomes the family's unconditional prompt
     (``tokenize_prompts([""])``) and, under ``config.cond_dropout="caption_and_hints"`` (default), it
     also loses its hints, so it trains the unconditional branch generation uses; under ``"caption"``
-    it keeps them. Dropped and kept rows go through ``t2i_loss`` as two sub-batches; the loss is
+    it keeps them; ``"none"`` drops nothing on hinted paths. Dropped and kept rows go through ``t2i_loss`` as two sub-batches; the loss is
     their mean weighted by each one's total ``loss_weight`` (Σ w·ℓ / Σ w over the batch, as each
     family normalises). The SFT path has no hints and keeps the family's own dropout in ``t2i_loss``.
     """
     p = float(getattr(backbone, "cond_dropout_prob", 0.0))
-    if not backbone.training or p <= 0:
+    if not backbone.training or p <= 0 or config.cond_dropout == "none":
         return backbone.t2i_loss(batch, sup, hints)
     B = batch["pixels"].shape[0]
     drop = (torch.rand(B, generator=generator, device=generator.device) < p).cpu()
