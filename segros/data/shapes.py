@@ -301,7 +301,7 @@ class ShapesWorld:
             n = 2
         else:
             n = int(rng.integers(2, 5))
-        boxes = place(n, rng, self.image_size)
+        boxes = self._boxes(n, rng)
         if kind == "count":
             c, s = rng.choice(list(COLORS)), rng.choice(SHAPES)
             return [{"shape": str(s), "color": str(c), "box": b} for b in boxes]
@@ -313,13 +313,13 @@ class ShapesWorld:
         if len(item) == 2:
             c, s = item
             n = int(rng.integers(1, 3))
-            boxes = place(n, rng, self.image_size)
+            boxes = self._boxes(n, rng)
             spec = [{"shape": s, "color": c, "box": boxes[0]}]
             if n == 2:
                 spec.append({"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "box": boxes[1]})
             return spec
         a, rel, b = item
-        boxes = place(2, rng, self.image_size, relations=[(rel, 0, 1)])
+        boxes = self._boxes(2, rng, relations=[(rel, 0, 1)])
         return [{"shape": a, "color": str(rng.choice(list(COLORS))), "box": boxes[0]},
                 {"shape": b, "color": str(rng.choice(list(COLORS))), "box": boxes[1]}]
 
@@ -539,32 +539,6 @@ class GridWorld(ShapesWorld):
 
     def _boxes(self, n, rng, relations=()):
         return self.place_cells(n, rng, relations)
-
-    # the sampling of ShapesWorld, on cells
-    def _random_spec(self, rng):
-        kind = rng.choice(["single", "pair", "count"], p=[0.3, 0.45, 0.25])
-        n = {"single": 1, "pair": 2}.get(kind) or int(rng.integers(2, 5))
-        boxes = self._boxes(n, rng)
-        if kind == "count":
-            c, s = rng.choice(list(COLORS)), rng.choice(SHAPES)
-            return [{"shape": str(s), "color": str(c), "box": b} for b in boxes]
-        return [{"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "box": b} for b in boxes]
-
-    def _held_out_spec(self, rng):
-        items = sorted(self.holdout_color_shape) + sorted(self.holdout_relation)
-        item = items[rng.integers(len(items))]
-        if len(item) == 2:
-            c, s = item
-            n = int(rng.integers(1, 3))
-            boxes = self._boxes(n, rng)
-            spec = [{"shape": s, "color": c, "box": boxes[0]}]
-            if n == 2:
-                spec.append({"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "box": boxes[1]})
-            return spec
-        a, rel, b = item
-        boxes = self._boxes(2, rng, relations=[(rel, 0, 1)])
-        return [{"shape": a, "color": str(rng.choice(list(COLORS))), "box": boxes[0]},
-                {"shape": b, "color": str(rng.choice(list(COLORS))), "box": boxes[1]}]
 
     def scene(self, split, index, seed=None):
         scene = super().scene(split, index, seed)
