@@ -142,8 +142,7 @@ def base_folder(runs_dir, base: TrainConfig) -> str:
 def save_checkpoint(run_dir, step, model, optimizer, scheduler, generators, scaler=None, extra=None):
     """Write ``checkpoint.tmp/`` then rename it over ``checkpoint/`` (the latest state only).
     ``extra``: state of the run that is not weights: the grounding snapshot of the text embeddings
-    (tensors) and the data feed's skip counts; :func:`load_checkpoint` fills a dict with it and
-    :func:`load_checkpoint_extra` returns it."""
+    (tensors) and the data feed's skip counts; :func:`load_checkpoint` fills a dict with it."""
     tmp = os.path.join(run_dir, CHECKPOINT + ".tmp")
     final = os.path.join(run_dir, CHECKPOINT)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,11 +180,6 @@ def load_checkpoint(run_dir, model, optimizer, scheduler, generators, scaler=Non
     if extra is not None:
         extra.update(state.get("extra", {}))
     return int(state["step"])
-
-
-def load_checkpoint_extra(run_dir):
-    """The ``extra`` state :func:`save_checkpoint` stored (None when it stored none)."""
-    return torch.load(os.path.join(run_dir, CHECKPOINT, "trainer.pt"), weights_only=False).get("extra")
 
 
 # -----------------------------------------------------------------------------
