@@ -44,7 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from segros.backbones.registry import check_backbone
-from segros.data.shapes import make_world
+from segros.data.shapes import config_world
 from segros.eval.geneval import sample_name, score_layout, write_layout
 from segros.eval.parallel import Processes, current, merge
 from segros.eval.shapes_detector import detect
@@ -215,7 +215,7 @@ def evaluate(backbone, config, run_dir, *, world=None, detector=None, progress=T
     process returns the same results, and only the main process writes files."""
     check_backbone(backbone, config, training=False)
     if world is None:
-        world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
+        world = config_world(config)
     if detector is None:
         detector = detect
     was_training = backbone.training

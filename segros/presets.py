@@ -105,6 +105,7 @@ class TrainConfig:
     # data (shapes world)
     world: str = "v1"                # "v1": the committed store's world; "v3": segros.data.shapes.GridWorld
     world_seed: int = 0
+    world_kwargs: dict = field(default_factory=dict)  # the world's own knobs (GridWorld: alt-caption noise, grid)
     image_size: int = 64
     n_train: int = 512
     n_qa_train: int = 512
@@ -167,7 +168,7 @@ class TrainConfig:
 
 # Fields added after runs were stored: left out of to_dict() (hence out of the config hash and of
 # config.json) while at these defaults, so every stored run keeps its hash and its name.
-HASH_NEUTRAL = {"world": "v1", "t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
+HASH_NEUTRAL = {"world": "v1", "world_kwargs": {}, "t2i_data": None, "t2i_caption": None, "i2t_data": None, "i2t_image_root": None,
                 "max_skip_frac": 0.01}
 
 
@@ -276,6 +277,10 @@ def validate(c: TrainConfig):
         _check_choice("gamma_per", c.gamma_per, GAMMA_PER)
     if not isinstance(c.backbone, str) or not c.backbone:
         raise ValueError(f"backbone must be a registry name; got {c.backbone!r}")
+    if not isinstance(c.world_kwargs, dict):
+        raise ValueError(f"world_kwargs must be a dict; got {type(c.world_kwargs).__name__}")
+    if c.world_kwargs and c.world == "v1":
+        raise ValueError(f"world v1 takes no world_kwargs; got {sorted(c.world_kwargs)} (they are world v3's knobs)")
     if not isinstance(c.backbone_kwargs, dict):
         raise ValueError(f"backbone_kwargs must be a dict; got {type(c.backbone_kwargs).__name__}")
     _check_range("eta", c.eta, 0.0, 1.0)

@@ -11,6 +11,12 @@ averages their gradients).
 The training loop sets the process's place with :func:`use` around its steps; outside it (and with
 one process) every helper is the identity and the callers run their single-process code unchanged,
 so single-process results stay bit for bit what they were.
+
+A step that splits its rows into sub-batches (``segros.train.steps.hinted_loss``: dropped and kept
+captions) runs every sub-batch on every process, so that each process makes the same collective
+calls in the same order. A process that holds none of a sub-batch's rows runs it on one *stand-in*
+row of loss weight 0 inside :func:`stand_in`: the row counts for no row of the global batch in
+:func:`rows`, reads the first rows of every global draw, and adds 0 to every weighted sum.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
-_STATE = {"rank": 0, "world": 1}
+_STATE = {"rank": 0, "world": 1, "stand_in": False}
 
 
 @contextlib.contextmanager
@@ -31,11 +37,24 @@ def use(rank: int, world: int):
     if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise RuntimeError(f"{world} processes need torch.distributed initialised (accelerate launch does it)")
     old = dict(_STATE)
-    _STATE.update(rank=rank, world=world)
+    _STATE.update(rank=rank, world=world, stand_in=False)
     try:
         yield
     finally:
         _STATE.update(old)
+
+
+@contextlib.contextmanager
+def stand_in(on: bool = True):
+    """Within the block (with ``on``), this process's rows are stand-ins of loss weight 0: they count as
+    no row of the global batch (:func:`rows` sends 0) and :func:`draw` / :func:`local_rows` give them the
+    first rows of the global draw. Only meaningful with several processes: it is a no-op with one."""
+    old = _STATE["stand_in"]
+    _STATE["stand_in"] = bool(on) and active()
+    try:
+        yield
+    finally:
+        _STATE["stand_in"] = old
 
 
 def active() -> bool:
@@ -60,7 +79,7 @@ def rows(n_local: int) -> tuple[int, int]:
     """(offset of this process's first row, rows of the global batch) for ``n_local`` rows here."""
     if not active():
         return 0, int(n_local)
-    t = torch.tensor([int(n_local)], dtype=torch.long, device=_device())
+    t = torch.tensor([0 if _STATE["stand_in"] else int(n_local)], dtype=torch.long, device=_device())
     out = [torch.zeros_like(t) for _ in range(world_size())]
     torch.distributed.all_gather(out, t)
     counts = [int(x) for x in out]
@@ -72,7 +91,19 @@ def draw(fn: Callable[[tuple], torch.Tensor], n_local: int, *rest: int) -> torch
     is with one process. ``fn`` takes the shape (``lambda s: torch.rand(s, generator=g)``)."""
     offset, n = rows(n_local)
     x = fn((n, *rest))
-    return x if not active() else x[offset:offset + n_local]
+    return x if not active() else _mine(x, offset, n_local)
+
+
+def _mine(x, offset: int, n_local: int):
+    """Rows ``[offset, offset + n_local)`` of a global ``x``; a stand-in's rows: the first ``n_local``
+    (zeros past the end of ``x``; a stand-in's values weigh nothing)."""
+    if not _STATE["stand_in"]:
+        return x[offset:offset + n_local]
+    if len(x) >= n_local:
+        return x[:n_local]
+    if not torch.is_tensor(x):
+        raise ValueError(f"a stand-in row needs {n_local} row(s) of a global list of {len(x)}")
+    return torch.cat([x, x.new_zeros((n_local - len(x), *x.shape[1:]))])
 
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
@@ -98,15 +129,15 @@ def gather_objects(items: Sequence) -> list:
     if not active():
         return list(items)
     out = [None] * world_size()
-    torch.distributed.all_gather_object(out, list(items))
+    torch.distributed.all_gather_object(out, [] if _STATE["stand_in"] else list(items))
     return [x for part in out for x in part]
 
 
 def local_rows(x, n_local: int):
     """This process's rows of ``x``, something built for the global batch (tensor or list)."""
     offset, _ = rows(n_local)
-    return x[offset:offset + n_local] if active() else x
+    return _mine(x, offset, n_local) if active() else x
 
 
-__all__ = ["use", "active", "world_size", "rank", "rows", "draw", "all_sum", "weighted_mean", "gather_objects",
+__all__ = ["use", "stand_in", "active", "world_size", "rank", "rows", "draw", "all_sum", "weighted_mean", "gather_objects",
            "local_rows"]

@@ -53,10 +53,10 @@ def build_backbone(name: str, **cfg) -> Backbone:
 # -----------------------------------------------------------------------------
 # the tiny families
 
-def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size, world="v1"):
+def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size, world="v1", world_kwargs=None):
     """The text tokenizer and the fitting pixels of a tiny family (shapes world ``world`` by default)."""
     if tokenizer is None or fit_images is None:
-        world = make_world(world, image_size=image_size, seed=world_seed)
+        world = make_world(world, image_size=image_size, seed=world_seed, **(world_kwargs or {}))
     if tokenizer is None:
         tokenizer = build_text_tokenizer(world.vocabulary())
     if fit_images is None:
@@ -67,9 +67,11 @@ def _fit_inputs(tokenizer, fit_images, n_fit, world_seed, image_size, world="v1"
     return tokenizer, pixels
 
 
-def build_tiny_showo(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, world="v1", **cfg) -> TinyShowo:
+def build_tiny_showo(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, world="v1", world_kwargs=None,
+                     **cfg) -> TinyShowo:
     config = TinyShowoConfig(**cfg)
-    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size, world)
+    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size, world,
+                                    world_kwargs)
     if config.codec == "layout_color":
         if config.num_codes != config.n_layouts * config.n_colors:
             raise ValueError(f"codec layout_color needs num_codes = n_layouts · n_colors = "
@@ -80,9 +82,11 @@ def build_tiny_showo(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, w
     return TinyShowo(config, tokenizer, codes)
 
 
-def build_tiny_harmon(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, world="v1", **cfg) -> TinyHarmon:
+def build_tiny_harmon(tokenizer=None, fit_images=None, n_fit=256, world_seed=0, world="v1", world_kwargs=None,
+                     **cfg) -> TinyHarmon:
     config = TinyHarmonConfig(**cfg)
-    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size, world)
+    tokenizer, pixels = _fit_inputs(tokenizer, fit_images, n_fit, world_seed, config.image_size, world,
+                                    world_kwargs)
     if config.codec == "layout_color":
         ae = fit_layout_color_codec(pixels, patch=config.patch, continuous=True)
         if ae.channels != config.latent_channels:
@@ -183,6 +187,8 @@ def from_config(config: TrainConfig) -> Backbone:
         kwargs = {"world_seed": config.world_seed, "image_size": config.image_size, **kwargs}
         if config.world != "v1":
             kwargs = {"world": config.world, **kwargs}
+        if config.world_kwargs:
+            kwargs = {"world_kwargs": dict(config.world_kwargs), **kwargs}
     try:
         return build_backbone(config.backbone, **kwargs)
     except (KeyError, ValueError, TypeError, OSError, NotImplementedError, ImportError) as e:

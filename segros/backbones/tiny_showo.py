@@ -139,7 +139,7 @@ class TinyShowo(TinyBackbone):
         if hints is not None and (hints.ndim != 3 or hints.shape[0] != b or hints.shape[2] != self.width):
             raise ValueError(f"hints must be [{b}, H, {self.width}], got {tuple(hints.shape)}")
         weight = supervision.loss_weight.float()
-        if float(weight.sum()) <= 0:
+        if float(shard.all_sum(weight.sum())) <= 0:  # over the global batch (a stand-in row weighs 0)
             raise ValueError("supervision.loss_weight sums to 0: nothing to reconstruct")
         codes = self.image_tokenizer.encode(batch["pixels"])
         image_ids = torch.where(supervision.masked.bool(), torch.full_like(codes, self.mask_id), codes + self.code_offset)

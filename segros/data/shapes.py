@@ -28,6 +28,7 @@ Conventions (none of them come from the paper; they are choices of this reproduc
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -590,4 +591,15 @@ def make_world(version="v1", image_size=64, seed=0, **kwargs):
     store's world; ``"v3"``: :class:`GridWorld`)."""
     if version not in WORLDS:
         raise ValueError(f"world must be one of {tuple(WORLDS)}, got {version!r}")
+    known = set(inspect.signature(WORLDS[version]).parameters) - {"image_size", "seed"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"world {version!r} has no knob(s) {unknown}; its knobs: {sorted(known)}")
     return WORLDS[version](image_size=image_size, seed=seed, **kwargs)
+
+
+def config_world(config):
+    """The shapes world a run config (``segros.presets.TrainConfig``) names: its ``world``,
+    ``image_size``, ``world_seed`` and ``world_kwargs``."""
+    return make_world(config.world, image_size=config.image_size, seed=config.world_seed,
+                      **getattr(config, "world_kwargs", {}))

@@ -56,7 +56,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from segros.data.shapes import make_world
+from segros.data.shapes import config_world
 from segros.paper import TABLE1_BACKBONES, TABLE1_DATASET
 from segros.presets import TrainConfig
 
@@ -425,7 +425,7 @@ def open_llava(json_path: str, image_root: str, turns: str = "all", cache_dir: O
 
 def shapes_sources(config: TrainConfig, split: str = "finetune") -> tuple[ListSource, ListSource]:
     """The shapes world's T2I captions and I2T question-answer view: exactly ``segros.train.shapes_data``."""
-    world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
+    world = config_world(config)
     scenes = world.split(split, config.n_train)
     t2i = [(s.image, s.caption) for s in scenes]
     i2t = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from segros import shard
-from segros.data.shapes import make_world
+from segros.data.shapes import config_world
 from segros.data.sources import (I2T_SEED_OFFSET, DataStats, ListSource, TrainSources, build_sources, check_skips,
                                  i2t_model_batch, make_loader, open_llava, open_t2i, require_data_source, stats_row, t2i_model_batch,
                                  trains_i2t)
@@ -37,7 +37,7 @@ class TrainData:
 
 def shapes_data(config: TrainConfig, split="finetune") -> TrainData:
     """The shapes world's ``split`` (captions for T2I, the question-answer view for I2T)."""
-    world = make_world(config.world, image_size=config.image_size, seed=config.world_seed)
+    world = config_world(config)
     scenes = world.split(split, config.n_train)
     t2i = [(s.image, s.caption) for s in scenes]
     i2t = []

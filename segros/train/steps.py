@@ -169,28 +169,44 @@ def hinted_loss(backbone, batch, sup, hints, config: TrainConfig, generator):
     ``generator``. A dropped row's text becomes the family's unconditional prompt
     (``tokenize_prompts([""])``) and, under ``config.cond_dropout="caption_and_hints"`` (default), it
     also loses its hints, so it trains the unconditional branch generation uses; under ``"caption"``
-    it keeps them; ``"none"`` drops nothing on hinted paths. Dropped and kept rows go through ``t2i_loss`` as two sub-batches; the loss is
-    their mean weighted by each one's total ``loss_weight`` (Σ w·ℓ / Σ w over the batch, as each
-    family normalises). The SFT path has no hints and keeps the family's own dropout in ``t2i_loss``.
+    it keeps them; ``"none"`` drops nothing on hinted paths. Dropped and kept rows go through
+    ``t2i_loss`` as two sub-batches; the loss is their mean weighted by each one's total
+    ``loss_weight`` (Σ w·ℓ / Σ w over the batch, as each family normalises). The SFT path has no
+    hints and keeps the family's own dropout in ``t2i_loss``.
+
+    With several processes (:mod:`segros.shard`) the dropped rows are drawn for the global batch, the
+    weights are global, and every process runs every sub-batch that has a row anywhere (on a stand-in
+    row of weight 0 where it holds none), so the step is the one-process step on the whole batch.
     """
     p = float(getattr(backbone, "cond_dropout_prob", 0.0))
     if not backbone.training or p <= 0 or config.cond_dropout == "none":
         return backbone.t2i_loss(batch, sup, hints)
     B = batch["pixels"].shape[0]
-    drop = (torch.rand(B, generator=generator, device=generator.device) < p).cpu()
-    if not bool(drop.any()):
+    offset, n = shard.rows(B)
+    dropped_anywhere = (torch.rand(n, generator=generator, device=generator.device) < p).cpu()
+    if not bool(dropped_anywhere.any()):
         return backbone.t2i_loss(batch, sup, hints)
-    empty = to_device(backbone.tokenize_prompts([""] * int(drop.sum())), batch["pixels"].device)
-    kept_hints = None if config.cond_dropout == "caption_and_hints" else hints[drop.to(hints.device)]
-    parts = [({**_rows(batch, drop), **empty}, _sup_rows(sup, drop), kept_hints)]
-    if not bool(drop.all()):
-        keep = ~drop
-        parts.append((_rows(batch, keep), _sup_rows(sup, keep), hints[keep.to(hints.device)]))
+    drop = dropped_anywhere[offset:offset + B] if shard.active() else dropped_anywhere
     total, weight = 0.0, 0.0
-    for b, s, h in parts:
-        w = float(s.loss_weight.sum())
+    for dropped, anywhere in ((True, dropped_anywhere), (False, ~dropped_anywhere)):
+        if not bool(anywhere.any()):
+            continue
+        rows = drop if dropped else ~drop
+        stand_in = not bool(rows.any())  # only with several processes: the sub-batch's rows are elsewhere
+        if stand_in:
+            rows = torch.arange(B) == 0
+        b, s = _rows(batch, rows), _sup_rows(sup, rows)
+        if stand_in:
+            s = dataclasses.replace(s, loss_weight=torch.zeros_like(s.loss_weight))
+        if dropped:
+            b = {**b, **to_device(backbone.tokenize_prompts([""] * int(rows.sum())), batch["pixels"].device)}
+            h = None if config.cond_dropout == "caption_and_hints" else hints[rows.to(hints.device)]
+        else:
+            h = hints[rows.to(hints.device)]
+        w = float(shard.all_sum(s.loss_weight.sum()))
         if w > 0:
-            total = total + w * backbone.t2i_loss(b, s, h)
+            with shard.stand_in(stand_in):
+                total = total + w * backbone.t2i_loss(b, s, h)
             weight += w
     if weight == 0:
         return backbone.t2i_loss(batch, sup, hints)
