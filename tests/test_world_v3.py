@@ -129,3 +129,35 @@ def test_v3_presets_build(preset):
         assert isinstance(model.image_tokenizer, LayoutColorCodec) and model.hint_grid_hw == (6, 6)
     else:
         assert isinstance(model.autoencoder, LayoutColorLatents)
+
+
+def test_world_kwargs_reach_the_world_and_keep_hashes():
+    """``TrainConfig.world_kwargs``: world v3's knobs (alt-caption noise, grid), left out of the hash at
+    ``{}``, refused on world v1 and for a knob the world lacks; with every alt-text noise at 0 and
+    relations always stated, a pretraining caption names every object, colour and the relation."""
+    from segros.data.shapes import config_world
+    from segros.pipeline import base_config
+    from segros.train.data import shapes_data
+
+    v3 = get_preset("small-showo-v3")
+    assert "world_kwargs" not in v3.to_dict() and store.config_hash(v3) == store.config_hash(v3.replace(world_kwargs={}))
+    exact = v3.replace(world_kwargs='{"alt_drop": 0, "alt_no_color": 0, "alt_swap": 0, "alt_relation": 1}')
+    assert exact.world_kwargs["alt_relation"] == 1 and store.config_hash(exact) != store.config_hash(v3)
+    assert base_config(exact).world_kwargs == exact.world_kwargs  # the base is pretrained on that world
+    w = config_world(exact)
+    assert w.alt == dict(drop=0, no_color=0, swap=0, relation=1)
+    for scene in w.split("pretrain", 40):
+        words = scene.caption.split()
+        assert all(o.color in words and (o.shape in words or o.shape + "s" in words or o.shape + "es" in words)
+                   for o in scene.objects), scene.caption
+        if scene.relation is not None and len({(o.color, o.shape) for o in scene.objects}) > 1:
+            assert " and " not in scene.caption, scene.caption
+        assert "some" not in words
+    noisy = [s.caption for s in config_world(v3).split("pretrain", 40)]
+    assert noisy != [s.caption for s in w.split("pretrain", 40)]
+    # the finetune split (the SFT data) does not depend on the alt-text knobs
+    assert [c for _, c in shapes_data(exact).t2i[:20]] == [c for _, c in shapes_data(v3).t2i[:20]]
+    with pytest.raises(ValueError, match="world v1 takes no world_kwargs"):
+        get_preset("small").replace(world_kwargs={"alt_drop": 0})
+    with pytest.raises(ValueError, match="no knob"):
+        config_world(v3.replace(world_kwargs={"alt_dropp": 0}))
