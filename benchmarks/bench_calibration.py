@@ -15,7 +15,11 @@ row (method ``none``), fine-tunes SFT at each training seed and evaluates each, 
 * the minimum detectable difference, MDD(n) = 2·√2·sd / √n (two standard errors of a difference
   of two cell means of n training seeds each, sd = the SFT seed sd), for a few n, and the
   smallest n with MDD ≤ 2.0 (Table 1) and ≤ 3.0 (ablations);
-* wall time of the base and of each fine-tune with its evaluation (``--threads`` torch threads).
+* wall time of the base and of each fine-tune with its evaluation (``--threads`` torch threads);
+* for a tiny-showo base, a teacher-forced probe (:func:`probe_codes`, cheap next to a GenEval run):
+  on 256 fine-tuning scenes, only the object cells masked and every empty cell shown, the mean
+  probability of "empty" at the object cells (a model that counts the objects its caption names puts
+  ~0 there) and the shape and colour accuracy of the best non-empty code, with and without the caption.
 
 Never run it on the SeGroS, Reca or ablation rows: the substrate is calibrated on base and SFT only.
 """
@@ -52,6 +56,31 @@ def sampling_se(geneval, counts):
     return se
 
 
+def probe_codes(model, config, n=256):
+    """The teacher-forced probe of a tiny-showo model (see the module docstring): a dict per caption
+    mode ("caption", "empty prompt") of p_empty, shape_acc, colour_acc at the object cells."""
+    from segros.data.shapes import config_world
+
+    world = config_world(config)
+    scenes = world.split("finetune", n)
+    codes = model.image_tokenizer.encode(model.preprocess_images([s.image for s in scenes]))
+    nc = model.config.n_colors
+    empty = int(torch.mode((codes // nc).flatten()).values)  # most cells are empty
+    obj = (codes // nc) != empty
+    ids = torch.where(obj, torch.full_like(codes, model.mask_id), codes + model.code_offset)
+    out = {}
+    for mode, captions in (("caption", [s.caption for s in scenes]), ("empty prompt", [""] * n)):
+        text = model.tokenize_prompts(captions)
+        with torch.no_grad():
+            probs = model.code_logits(None, text["input_ids"], text["attention_mask"], ids).float().softmax(-1)
+        p_empty = probs[..., empty * nc:(empty + 1) * nc].sum(-1)
+        probs[..., empty * nc:(empty + 1) * nc] = -1
+        best = probs.argmax(-1)
+        out[mode] = {"p_empty": float(p_empty[obj].mean()), "shape_acc": float(((best // nc) == (codes // nc))[obj].float().mean()),
+                     "colour_acc": float(((best % nc) == (codes % nc))[obj].float().mean())}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small-v3")
@@ -73,6 +102,12 @@ def main():
     base = pipeline.ensure_run(config.replace(method="none"), args.runs_dir, "calib", progress=False)["geneval"]
     base_eval_s = time.time() - t
     print(f"base: pretraining {base_s:.0f} s ({config.pretrain_steps} steps; 0 if reused), evaluation {base_eval_s:.0f} s")
+
+    if config.backbone == "tiny-showo" and config.backbone_kwargs.get("codec") == "layout_color":
+        model = pipeline.open_base(config, args.runs_dir, progress=False)
+        print("teacher-forced probe at the object cells (empty cells shown): "
+              + "; ".join(f"{mode}: P(empty) {v['p_empty']:.3f}, shape {v['shape_acc']:.3f}, colour {v['colour_acc']:.3f}"
+                          for mode, v in probe_codes(model, config).items()))
 
     se = sampling_se(base, counts)
     order = sorted(TAGS, key=lambda k: base[k])
