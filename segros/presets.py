@@ -373,8 +373,10 @@ PRESETS = {
 V3_COMMON = dict(world="v3", eval_prompts=553, eval_seeds=(0, 1))
 PRESETS["small-v3"] = dataclasses.replace(
     SMALL, backbone_kwargs={"patch": 16, "codec": "layout_color", "latent_channels": 19}, **V3_COMMON)
+# tiny-showo's base meets the base targets at 4,500 pretraining steps (docs/calibration.md, attempt 6)
 PRESETS["small-showo-v3"] = dataclasses.replace(
-    PRESETS["small-showo"], backbone_kwargs={"patch": 16, "codec": "layout_color", "num_codes": 80}, **V3_COMMON)
+    PRESETS["small-showo"], backbone_kwargs={"patch": 16, "codec": "layout_color", "num_codes": 80},
+    pretrain_steps=4500, **V3_COMMON)
 for _key in PAPER_KEYS:
     PRESETS[f"paper-{_key}"] = dataclasses.replace(SMALL, **{**PAPER_COMMON, **paper_overrides(_key)})
 
