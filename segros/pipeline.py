@@ -47,7 +47,8 @@ def base_config(config: TrainConfig) -> TrainConfig:
     """
     return TrainConfig(
         method="sft", backbone=config.backbone, backbone_kwargs=dict(config.backbone_kwargs),
-        world=config.world, world_seed=config.world_seed, world_kwargs=dict(config.world_kwargs), image_size=config.image_size, batch_size=config.batch_size,
+        world=config.world, world_seed=config.world_seed, world_kwargs=dict(config.world_kwargs),
+        image_size=config.image_size, batch_size=config.batch_size,
         max_steps=config.pretrain_steps, lr=config.pretrain_lr, warmup_steps=min(20, config.pretrain_steps // 10),
         n_train=max(config.n_train, 1024), n_qa_train=max(config.n_qa_train, 1024), lam=1.0, i2t_micro=1,
         grad_accum=1, align_weight=config.align_weight, frozen=config.frozen, pretrain_steps=config.pretrain_steps,

@@ -602,4 +602,4 @@ def config_world(config):
     """The shapes world a run config (``segros.presets.TrainConfig``) names: its ``world``,
     ``image_size``, ``world_seed`` and ``world_kwargs``."""
     return make_world(config.world, image_size=config.image_size, seed=config.world_seed,
-                      **getattr(config, "world_kwargs", {}))
+                      **config.world_kwargs)

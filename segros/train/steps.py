@@ -186,7 +186,7 @@ def hinted_loss(backbone, batch, sup, hints, config: TrainConfig, generator):
     dropped_anywhere = (torch.rand(n, generator=generator, device=generator.device) < p).cpu()
     if not bool(dropped_anywhere.any()):
         return backbone.t2i_loss(batch, sup, hints)
-    drop = dropped_anywhere[offset:offset + B] if shard.active() else dropped_anywhere
+    drop = dropped_anywhere[offset:offset + B]  # this process's rows (all of them with one process)
     total, weight = 0.0, 0.0
     for dropped, anywhere in ((True, dropped_anywhere), (False, ~dropped_anywhere)):
         if not bool(anywhere.any()):
